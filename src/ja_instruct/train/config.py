@@ -1,0 +1,7 @@
+"""Config of the train stage (placeholder: being written)."""
+
+from ja_instruct.config import StrictModel
+
+
+class TrainConfig(StrictModel):
+    """The 'train' section of a recipe."""
