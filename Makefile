@@ -17,7 +17,7 @@ STAMP := $(VENV)/.installed
 PIP_FLAGS := $(if $(TORCH_CONSTRAINTS),-c $(TORCH_CONSTRAINTS),)
 TEST_ARGS ?=
 
-.PHONY: demo test setup clean
+.PHONY: demo test setup clean docs
 
 # The stamp depends on the files that define the environment, so `make` refreshes
 # the venv when they change and does nothing when they do not (idempotent).
@@ -37,6 +37,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(TEST_ARGS)
+
+# regenerate the README's recipe reference from the configs' docstrings
+docs: $(STAMP)
+	$(PY) -m ja_instruct.config --write README.md
 
 clean:
 	rm -rf $(VENV) runs .cache

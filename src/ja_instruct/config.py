@@ -270,5 +270,23 @@ def reference_markdown() -> str:
     return "\n".join(out) + "\n"
 
 
+REF_START, REF_END = "<!-- recipe-reference:start -->", "<!-- recipe-reference:end -->"
+
+
+def update_readme(path: str | Path) -> None:
+    """Rewrite the recipe reference between the README's markers (``make docs``)."""
+    from ja_instruct.io import write_text
+
+    text = Path(path).read_text(encoding="utf-8")
+    head, rest = text.split(REF_START, 1)
+    _, tail = rest.split(REF_END, 1)
+    write_text(path, f"{head}{REF_START}\n{reference_markdown()}{REF_END}{tail}")
+
+
 if __name__ == "__main__":
-    print(reference_markdown(), end="")
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--write":
+        update_readme(sys.argv[2])
+    else:
+        print(reference_markdown(), end="")

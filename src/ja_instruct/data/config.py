@@ -1,7 +1,166 @@
-"""Config of the data stage (placeholder: being written)."""
+"""Config of the data stage: sources, cleaning, mixture and licence policy.
+
+This module is imported for ``--help`` and by `ja_instruct.recipe`, so it may
+import only the stdlib, pydantic and `ja_instruct.config`.
+
+A source is one dataset (a local file or folder, or a Hugging Face hub id) in
+one of the `FORMATS`; each carries its licence (an SPDX id) so that the built
+dataset can record the licence of every example and the licence policy can
+refuse non-commercial data in a commercial mixture.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
 
 from ja_instruct.config import StrictModel
 
+FORMATS = ("alpaca", "oasst", "messages", "fastchat-answers")
+"""Names of the source formats (see `ja_instruct.data.sources.READERS`)."""
+
+Format = Literal["alpaca", "oasst", "messages", "fastchat-answers"]
+
+# Licences that forbid commercial use. Any SPDX id with an "-NC" component
+# (CC-BY-NC-*, CC-BY-NC-SA-*, CC-BY-NC-ND-*) counts too, see `licence_forbids_commercial`.
+NONCOMMERCIAL_LICENSES = frozenset({"other-noncommercial", "research-only", "llama2-noncommercial"})
+
+
+def licence_forbids_commercial(spdx: str) -> bool:
+    """True for licences that forbid commercial use (CC-BY-NC-4.0, CC-BY-NC-SA-4.0, ...)."""
+    s = spdx.strip()
+    return s.lower() in NONCOMMERCIAL_LICENSES or bool(re.search(r"(^|-)NC(-|$)", s, flags=re.IGNORECASE))
+
+
+class SourceConfig(StrictModel):
+    """One input dataset of the mixture."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    """Short unique name of the source; stored in the `source` column and used in stats (letters, digits, ``._-``)."""
+    path: str
+    """Where the data is: a local ``.json``/``.jsonl``/``.parquet`` file, a local folder
+    (``save_to_disk`` output or data files), ``embedded:NAME`` (a file shipped in the package),
+    a `datasets` builder name used with ``data_files`` (``parquet``, ``json``), or a Hugging
+    Face hub dataset id (``kunishou/databricks-dolly-15k-ja``; needs the network or the local
+    HF cache). For ``fastchat-answers`` it is the FastChat question JSONL."""
+    format: Format
+    """Record format: ``alpaca`` (instruction/input/output), ``oasst`` (flat message table
+    rebuilt into threads), ``messages`` (OpenAI ``messages`` or ShareGPT ``conversations``),
+    ``fastchat-answers`` (question JSONL ``path`` + answer JSONL files ``answers``)."""
+    license: str = Field(pattern=r"^\S+$")
+    """Licence of the data as an SPDX id (``CC-BY-SA-3.0``, ``Apache-2.0``, ``CC-BY-NC-4.0``);
+    recorded on every example."""
+    commercial: bool | None = None
+    """Whether commercial use is allowed. Default: derived from ``license`` (false for
+    NC licences). Setting it true on an NC licence is an error."""
+    weight: float = Field(default=1.0, ge=0.0)
+    """Mixture weight: the source contributes round(weight * kept rows) examples; >1
+    repeats every row floor(weight) times plus a seeded random remainder, <1 takes a
+    seeded random subset, 0 leaves the source out."""
+    split: str = "train"
+    """Split to read from a hub dataset / `datasets` builder (ignored for local files)."""
+    subset: str | None = None
+    """Configuration (subset) name of a hub dataset, passed as ``name`` to ``datasets.load_dataset``."""
+    revision: str | None = None
+    """Git revision (branch, tag or commit) of a hub dataset, for reproducible builds."""
+    data_files: list[str] | None = None
+    """``data_files`` for ``datasets.load_dataset`` when ``path`` is a builder (``parquet``, ``json``)
+    or a hub id."""
+    text_field: str | None = None
+    """``oasst``: the field holding the message text. Default: ``text_ja`` when a row has
+    it, else ``text``."""
+    thread_mode: Literal["best", "all"] = "best"
+    """``oasst``: ``best`` keeps one thread per tree following the best-ranked reply at each
+    step; ``all`` keeps every root-to-leaf path (ending on an assistant message)."""
+    lang: list[str] | None = None
+    """Keep only rows whose ``lang`` field is one of these (``[ja]``); rows without a
+    ``lang`` field are kept. Default: no language filter."""
+    drop_failed_translation: bool = True
+    """Drop rows flagged ``ng_translation == "1"`` (failed machine translation), counted as
+    ``failed_translation``."""
+    where: dict[str, str] = {}
+    """Keep only rows where each named field matches the regular expression (``re.search``),
+    e.g. ``{instruction: "ニュース"}`` to select a subset of a large dataset."""
+    answers: list[str] = []
+    """``fastchat-answers``: answer JSONL files, folders of them, or glob patterns; each
+    answer becomes one conversation (question turns interleaved with the answer turns)."""
+    models: list[str] | None = None
+    """``fastchat-answers``: keep only answers of these ``model_id`` values. Default: all."""
+    max_rows: int | None = Field(default=None, ge=1)
+    """Read at most this many records of the source (quick trials). Default: all."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "SourceConfig":
+        if self.commercial and licence_forbids_commercial(self.license):
+            raise ValueError(f"source '{self.name}': licence {self.license} forbids commercial use, "
+                             "so commercial: true is contradictory (remove it or set it false)")
+        if self.format == "fastchat-answers" and not self.answers:
+            raise ValueError(f"source '{self.name}': format fastchat-answers needs 'answers' "
+                             "(answer JSONL files, folders or globs)")
+        if self.answers and self.format != "fastchat-answers":
+            raise ValueError(f"source '{self.name}': 'answers' is only used by format fastchat-answers")
+        for field, pattern in self.where.items():
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"source '{self.name}': where.{field}: invalid regular expression ({e})") from None
+        return self
+
+    @property
+    def allows_commercial(self) -> bool:
+        """The effective commercial-use flag: the explicit flag, else derived from the licence."""
+        if licence_forbids_commercial(self.license):
+            return False
+        return True if self.commercial is None else self.commercial
+
+
+class CleanConfig(StrictModel):
+    """Cleaning applied to every conversation after parsing."""
+
+    strip: bool = True
+    """Strip leading/trailing whitespace of every message."""
+    dedup: Literal["none", "exact", "normalized"] = "normalized"
+    """De-duplication across all sources (first occurrence in recipe order wins): ``exact``
+    compares the texts as they are, ``normalized`` after NFKC, case folding and whitespace
+    collapsing, ``none`` keeps duplicates."""
+    dedup_key: Literal["conversation", "prompt"] = "conversation"
+    """What counts as a duplicate: the whole ``conversation``, or only its ``prompt`` (the
+    user/system/input turns; keeps one answer per question)."""
+    min_chars: int = Field(default=1, ge=0)
+    """Drop conversations whose assistant text (all assistant turns) is shorter than this
+    many characters (``too_short``)."""
+    max_chars: int | None = Field(default=16000, ge=1)
+    """Drop conversations longer than this many characters in total (``too_long``); null: no limit."""
+    max_turns: int | None = Field(default=None, ge=1)
+    """Drop conversations with more than this many assistant turns (``too_many_turns``); null: no limit."""
+
 
 class DataConfig(StrictModel):
-    """The 'data' section of a recipe."""
+    """The 'data' section of a recipe: which sources, how to clean and mix them."""
+
+    sources: list[SourceConfig] = Field(min_length=1)
+    """The input datasets, in priority order (de-duplication keeps the first occurrence)."""
+    clean: CleanConfig = CleanConfig()
+    """Cleaning: whitespace, de-duplication, length filters."""
+    licence_policy: Literal["commercial", "noncommercial"] = "commercial"
+    """``commercial`` refuses any source whose licence forbids commercial use (the build
+    stops with an error naming it); ``noncommercial`` accepts them (the output is then
+    for non-commercial use only)."""
+    on_error: Literal["raise", "skip"] = "raise"
+    """Bad input rows (malformed JSON, missing or wrongly typed fields, non-UTF-8 bytes):
+    ``raise`` stops with one clear error naming file, line and field; ``skip`` skips the
+    row and counts it as ``malformed``. ``--on-error`` on the command line overrides it."""
+    shuffle: bool = True
+    """Shuffle the final mixture (seeded by the recipe's ``seed``)."""
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
+        seen: set[str] = set()
+        for s in sources:
+            if s.name in seen:
+                raise ValueError(f"two sources are named '{s.name}'; source names must be unique")
+            seen.add(s.name)
+        return sources
