@@ -56,7 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in COMMANDS.items():
-        importlib.import_module(module).register(sub)
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:  # a real missing dependency, not an unbuilt stage
+                raise
+            continue  # a stage that is not built yet is absent, not a stub
+        mod.register(sub)
     return parser
 
 

@@ -27,6 +27,9 @@ Format = Literal["alpaca", "oasst", "messages", "fastchat-answers"]
 # (CC-BY-NC-*, CC-BY-NC-SA-*, CC-BY-NC-ND-*) counts too, see `licence_forbids_commercial`.
 NONCOMMERCIAL_LICENSES = frozenset({"other-noncommercial", "research-only", "llama2-noncommercial"})
 
+# Licences that say nothing: commercial use needs an explicit `commercial: true`.
+UNKNOWN_LICENSES = frozenset({"unknown", "other", "noassertion"})
+
 
 def licence_forbids_commercial(spdx: str) -> bool:
     """True for licences that forbid commercial use (CC-BY-NC-4.0, CC-BY-NC-SA-4.0, ...)."""
@@ -53,8 +56,9 @@ class SourceConfig(StrictModel):
     """Licence of the data as an SPDX id (``CC-BY-SA-3.0``, ``Apache-2.0``, ``CC-BY-NC-4.0``);
     recorded on every example."""
     commercial: bool | None = None
-    """Whether commercial use is allowed. Default: derived from ``license`` (false for
-    NC licences). Setting it true on an NC licence is an error."""
+    """Whether commercial use is allowed. Default: derived from ``license`` (false for NC
+    licences and for ``unknown``/``other``/``NOASSERTION``). Setting it true on an NC licence
+    is an error."""
     weight: float = Field(default=1.0, ge=0.0)
     """Mixture weight: the source contributes round(weight * kept rows) examples; >1
     repeats every row floor(weight) times plus a seeded random remainder, <1 takes a
@@ -83,13 +87,17 @@ class SourceConfig(StrictModel):
     where: dict[str, str] = {}
     """Keep only rows where each named field matches the regular expression (``re.search``),
     e.g. ``{instruction: "ニュース"}`` to select a subset of a large dataset."""
+    exclude: dict[str, str] = {}
+    """Drop rows where a named field matches the regular expression (counted as ``filtered``),
+    e.g. ``{text: "翻訳"}``; for ``oasst`` a dropped message cuts off its replies too."""
     answers: list[str] = []
     """``fastchat-answers``: answer JSONL files, folders of them, or glob patterns; each
     answer becomes one conversation (question turns interleaved with the answer turns)."""
     models: list[str] | None = None
     """``fastchat-answers``: keep only answers of these ``model_id`` values. Default: all."""
     max_rows: int | None = Field(default=None, ge=1)
-    """Read at most this many records of the source (quick trials). Default: all."""
+    """Read at most this many records of the source (of each answer file for
+    ``fastchat-answers``), for quick trials. Default: all."""
 
     @model_validator(mode="after")
     def _check(self) -> "SourceConfig":
@@ -101,7 +109,7 @@ class SourceConfig(StrictModel):
                              "(answer JSONL files, folders or globs)")
         if self.answers and self.format != "fastchat-answers":
             raise ValueError(f"source '{self.name}': 'answers' is only used by format fastchat-answers")
-        for field, pattern in self.where.items():
+        for field, pattern in {**self.where, **self.exclude}.items():
             try:
                 re.compile(pattern)
             except re.error as e:
@@ -113,7 +121,9 @@ class SourceConfig(StrictModel):
         """The effective commercial-use flag: the explicit flag, else derived from the licence."""
         if licence_forbids_commercial(self.license):
             return False
-        return True if self.commercial is None else self.commercial
+        if self.commercial is None:  # an unknown licence grants nothing until the user says so
+            return self.license.lower() not in UNKNOWN_LICENSES
+        return self.commercial
 
 
 class CleanConfig(StrictModel):

@@ -1,7 +1,142 @@
-"""Config of the generate stage (placeholder: being written)."""
+"""Config of the generate stage: which questions, which models, how to sample.
+
+Imported for ``--help``: stdlib + pydantic + ja_instruct.config only.
+
+```yaml
+generate:
+  questions: ../shared/data/ja_mt_bench/question.jsonl   # or yuzuai/rakuda-questions, embedded:questions_ja.jsonl
+  mt_bench_temperatures: true
+  max_new_tokens: 512
+  models:
+    - {id: plamo-13b-instruct, backend: hf, path: trained, template: plamo, dtype: bfloat16, batch_size: 8}
+    - {id: gpt-4o-mini, backend: openai, path: gpt-4o-mini, api_key_env: OPENAI_API_KEY}
+```
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
 
 from ja_instruct.config import StrictModel
 
+# The backend names; `ja_instruct.generate.backends.BACKENDS` holds their implementations
+# (a test keeps the two in sync). A Literal makes a typo a recipe error with file and line.
+BackendName = Literal["hf", "openai", "vllm", "fake"]
+
+# FastChat llm_judge's per-category temperatures for MT-Bench (fastchat/llm_judge/common.py).
+MT_BENCH_TEMPERATURES: dict[str, float] = {
+    "writing": 0.7,
+    "roleplay": 0.7,
+    "extraction": 0.0,
+    "math": 0.0,
+    "coding": 0.0,
+    "reasoning": 0.0,
+    "stem": 0.1,
+    "humanities": 0.1,
+}
+
+# The literal model path meaning "the output of this recipe's train stage".
+TRAINED = "trained"
+
+
+class ModelSpec(StrictModel):
+    """One model to generate answers with."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+    """Model id: written as `model_id` in the answers and used as the file name `<out>/<id>.jsonl`
+    (letters, digits, `.`, `_`, `+`, `-`)."""
+    backend: BackendName = "hf"
+    """How to run it: `hf` (local transformers), `openai` (any OpenAI-compatible endpoint),
+    `vllm` (local vLLM, when installed), `fake` (canned answers for tests)."""
+    path: str | None = None
+    """hf/vllm: local model dir, HF hub id, `embedded:NAME`, or the literal `trained` (this recipe's
+    `<root>/train/final`). openai: the model name sent to the endpoint. Default: the `id`."""
+    template: str = "tokenizer"
+    """Prompt template for hf/vllm: `plamo`, `llmjp-alpaca`, or `tokenizer` (the tokenizer's own chat
+    template). Ignored by openai (the server applies its template)."""
+    system_prompt: str | None = None
+    """A system message put before every conversation (null: none, or the template's own preamble)."""
+    trust_remote_code: bool = False
+    """Allow the model repo's own Python code (PLaMo-13B needs it)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype for hf/vllm (`auto`: the checkpoint's own)."""
+    device: str | None = None
+    """hf: torch device (`cpu`, `cuda`, `cuda:1`); default cuda when available, else cpu."""
+    batch_size: int = Field(default=8, ge=1)
+    """hf/vllm: prompts per forward batch (sorted by length, left padded)."""
+    stop: list[str] = []
+    """Strings that end an answer (the text is cut at the first one), e.g. `"\\n\\n### 指示:"`."""
+    base_url: str | None = None
+    """openai: endpoint base URL, e.g. `http://127.0.0.1:8000/v1` (null: api.openai.com)."""
+    api_key_env: str | None = "OPENAI_API_KEY"
+    """openai: the NAME of the environment variable holding the API key (never the key itself).
+    May be unset for a local endpoint (base_url on localhost), which then gets a dummy key."""
+    concurrency: int = Field(default=8, ge=1)
+    """openai: requests in flight at once."""
+    max_retries: int = Field(default=5, ge=0)
+    """openai: retries per request on 429, 5xx, connection errors and time-outs (exponential back-off)."""
+    timeout: float = Field(default=300.0, gt=0)
+    """openai: seconds before one request times out."""
+    send_top_k: bool = False
+    """openai: also send `top_k` (vLLM, llama.cpp and `transformers serve` accept it; OpenAI's API rejects it)."""
+
 
 class GenerateConfig(StrictModel):
-    """The 'generate' section of a recipe."""
+    """The 'generate' section of a recipe: answers for a question set, one JSONL file per model."""
+
+    questions: str = "embedded:questions_ja.jsonl"
+    """Question set: a local FastChat question JSONL (`turns`; Rakuda v1 `text` also read), a local
+    parquet/json/csv file or dataset folder, an HF hub dataset id (`yuzuai/rakuda-questions`), or
+    `embedded:questions_ja.jsonl` (the project's own set)."""
+    split: str = "train"
+    """Split to read when `questions` is an HF hub id or a dataset folder."""
+    reference_answers: str | None = None
+    """Optional FastChat answer JSONL whose turns become the questions' reference answers
+    (e.g. `ja_mt_bench/reference_answer/gpt-4.jsonl`); questions' own `reference` wins."""
+    limit: int | None = Field(default=None, ge=1)
+    """Only the first N questions (smoke tests)."""
+    models: list[ModelSpec] = Field(min_length=1)
+    """The models to answer with; each writes `<out>/<id>.jsonl`."""
+    temperature: float = Field(default=1.0, ge=0)
+    """Sampling temperature (PLaMo-13B-Instruct card: 1.0); 0 means greedy decoding."""
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    """Nucleus sampling (PLaMo card: 0.95)."""
+    top_k: int = Field(default=50, ge=0)
+    """Top-k sampling (PLaMo card: 50; 0 disables)."""
+    max_new_tokens: int = Field(default=512, ge=1)
+    """Most tokens per answer turn; an answer that hits it is flagged `truncated`."""
+    repetition_penalty: float = Field(default=1.0, gt=0)
+    """hf/vllm repetition penalty (1.0: none)."""
+    category_temperature: dict[str, float] = {}
+    """Per-category temperatures that override `temperature`, e.g. `{writing: 0.7, math: 0.0}`."""
+    mt_bench_temperatures: bool = False
+    """Use FastChat's MT-Bench per-category temperatures (writing/roleplay 0.7, stem/humanities 0.1,
+    extraction/math/coding/reasoning 0.0); `category_temperature` entries still win."""
+    seed: int | None = None
+    """Sampling seed; default the recipe's `seed`."""
+
+    @field_validator("category_temperature")
+    @classmethod
+    def _non_negative(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = [k for k, t in v.items() if t < 0]
+        if bad:
+            raise ValueError(f"temperatures must be >= 0 (categories {', '.join(bad)})")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> "GenerateConfig":
+        ids = [m.id for m in self.models]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"model ids must be unique (repeated: {', '.join(dup)})")
+        return self
+
+    def temperature_for(self, category: str | None) -> float:
+        """The temperature for a question of ``category`` (per-category override, preset, default)."""
+        if category in self.category_temperature:
+            return self.category_temperature[category]
+        if self.mt_bench_temperatures and category in MT_BENCH_TEMPERATURES:
+            return MT_BENCH_TEMPERATURES[category]
+        return self.temperature

@@ -1,7 +1,140 @@
-"""Config of the train stage (placeholder: being written)."""
+"""Config of the train stage: SFT with FSDP2 (``ja-instruct train``).
+
+This module is imported for ``--help`` and by `ja_instruct.recipe`, so it may
+import only the stdlib, pydantic and `ja_instruct.config`.
+
+The defaults of the PLaMo-13B-Instruct run (the seed's Table 2) live in
+``recipes/plamo-13b-instruct.yaml``; the defaults here suit a small CPU run.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from ja_instruct.config import StrictModel
 
 
+class LoraConfig(StrictModel):
+    """LoRA adapters through peft instead of full fine-tuning."""
+
+    enabled: bool = False
+    """Train LoRA adapters (the base weights stay frozen) instead of every weight."""
+    r: int = Field(16, ge=1)
+    """Rank of the LoRA update matrices."""
+    alpha: float = Field(32.0, gt=0)
+    """LoRA scaling numerator: the update is scaled by ``alpha / r``."""
+    dropout: float = Field(0.05, ge=0, lt=1)
+    """Dropout on the LoRA input during training."""
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Module names (suffixes) that get adapters, e.g. ``[q_proj, v_proj]``; ``all-linear``
+    means every linear layer except the output head (peft's shortcut)."""
+    export: Literal["merged", "adapter"] = "merged"
+    """``merged``: fold the adapters into the base weights and export a plain HF model;
+    ``adapter``: export only the adapter (peft format; loading needs the base model)."""
+
+
+class GenerationDefaults(StrictModel):
+    """Sampling defaults written to the exported ``generation_config.json``."""
+
+    do_sample: bool = True
+    """Sample (True) or decode greedily (False) by default."""
+    temperature: float = Field(1.0, gt=0)
+    """Softmax temperature (the PLaMo-13B-Instruct card uses 1.0)."""
+    top_p: float = Field(0.95, gt=0, le=1)
+    """Nucleus sampling mass (PLaMo card: 0.95)."""
+    top_k: int = Field(50, ge=0)
+    """Top-k sampling cut-off (PLaMo card: 50)."""
+    repetition_penalty: float = Field(1.0, gt=0)
+    """Repetition penalty (1.0 = off)."""
+
+
 class TrainConfig(StrictModel):
-    """The 'train' section of a recipe."""
+    """The 'train' section of a recipe: supervised fine-tuning with PyTorch FSDP2."""
+
+    model: str
+    """Base model: a HF model directory, a hub id (``pfnet/plamo-13b``) or
+    ``embedded:smollm2-135m-instruct`` (see `ja_instruct.models.resolve_model`)."""
+    trust_remote_code: bool = False
+    """Allow the model's own Python code from the hub (PLaMo-13B needs it). Off unless the recipe says so."""
+    template: str = "plamo"
+    """Prompt format used to render the conversations (``plamo``, ``llmjp-alpaca`` or ``tokenizer``);
+    it is installed as the exported tokenizer's chat template."""
+    dataset_dir: str | None = None
+    """Dataset directory written by ``ja-instruct data build``; default ``<out_dir>/data`` of the
+    recipe (built first from the recipe's ``data`` section when it is missing)."""
+    max_length: int = Field(2048, ge=8)
+    """Tokens per training row (the context length); must not exceed the model's
+    ``max_position_embeddings``."""
+    max_position_embeddings: int | None = Field(None, ge=1)
+    """Override the model config's ``max_position_embeddings`` (RoPE models accept longer
+    positions; PLaMo-13B-Instruct was trained at 8192). Also written to the exported config."""
+    overlong: Literal["truncate", "drop"] = "truncate"
+    """What to do with an example longer than ``max_length``: cut it, or leave it out."""
+    packing: bool = True
+    """Pack several examples into one row (each keeps its own position ids, so none attends to
+    another); False pads each example to the longest one in its micro-batch."""
+    micro_batch_size: int = Field(1, ge=1)
+    """Rows per forward/backward pass on one rank."""
+    grad_accum: int | None = Field(None, ge=1)
+    """Micro-batches accumulated per optimiser step on one rank; default: derived from
+    ``global_batch_size / (micro_batch_size * world size)``."""
+    global_batch_size: int = Field(8, ge=1)
+    """Rows per optimiser step over all ranks; must equal micro_batch_size x grad_accum x world size."""
+    epochs: int = Field(1, ge=1)
+    """Passes over the dataset."""
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimiser steps (a cap for demos and smoke tests); the schedule is
+    computed over the capped length."""
+    lr: float = Field(1e-5, gt=0)
+    """Peak learning rate (AdamW)."""
+    warmup_ratio: float = Field(0.03, ge=0, le=1)
+    """Share of the steps spent on a linear warm-up from 0 to ``lr``; cosine decay follows."""
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    """The cosine decays to ``lr * min_lr_ratio`` at the last step."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW decoupled weight decay (not applied to biases and norm weights)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW (beta1, beta2)."""
+    eps: float = Field(1e-8, gt=0)
+    """AdamW epsilon."""
+    grad_clip: float | None = Field(1.0, gt=0)
+    """Clip the global gradient norm to this value; null disables clipping."""
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    """Compute precision. ``bf16``: bf16 weights in the forward/backward with fp32 master weights,
+    fp32 gradient reduction and fp32 optimiser state; ``fp32``: everything fp32; ``auto``: bf16 on a
+    GPU that supports it, fp32 on CPU."""
+    activation_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass (less memory, ~30% more compute)."""
+    reshard_after_forward: bool = True
+    """FSDP2: free the gathered parameters of a layer after its forward (ZeRO-3); False keeps them
+    until the backward (ZeRO-2-like: more memory, less communication)."""
+    save_every: int = Field(500, ge=0)
+    """Save a sharded checkpoint every N optimiser steps (0: only at the end)."""
+    keep_last: int = Field(2, ge=1)
+    """Keep this many most recent checkpoints; older ones are deleted."""
+    seed: int | None = None
+    """Seed of the data order, initialisation of adapters and dropout; default: the recipe's ``seed``."""
+    lora: LoraConfig = LoraConfig()
+    """LoRA adapters (peft) instead of full fine-tuning."""
+    log_every: int = Field(1, ge=1)
+    """Write a metrics line (JSONL, TensorBoard) every N steps."""
+    tensorboard: bool = True
+    """Also write TensorBoard event files to ``<out>/tensorboard`` when tensorboard is installed."""
+    save_dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    """Weight dtype of the exported model; ``auto``: the base model's own dtype (its config's
+    ``dtype``), fp32 when it does not say."""
+    generation: GenerationDefaults = GenerationDefaults()
+    """Sampling defaults of the exported ``generation_config.json`` (PLaMo card values)."""
+
+    @model_validator(mode="after")
+    def _check_batch(self) -> "TrainConfig":
+        # The world size is only known at run time; check what can be checked now.
+        if self.global_batch_size % self.micro_batch_size:
+            raise ValueError(f"global_batch_size {self.global_batch_size} is not a multiple of "
+                             f"micro_batch_size {self.micro_batch_size}")
+        if self.grad_accum is not None and self.global_batch_size % (self.micro_batch_size * self.grad_accum):
+            raise ValueError(f"global_batch_size {self.global_batch_size} is not a multiple of "
+                             f"micro_batch_size x grad_accum = {self.micro_batch_size * self.grad_accum}")
+        return self

@@ -1,0 +1,213 @@
+"""The HTML page: turn loaded data + statistics + figures into a template context and render it.
+
+The template (``templates/report.html.j2``) is rendered with autoescaping ON: every
+model answer, judge reasoning, question, model id and config value is data, never
+markup, so an answer containing ``<script>`` shows as text. The only markup that
+enters unescaped is the template itself; images are ``data:`` URIs in ``src``
+attributes (escaped too, base64 needs no escaping).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import jinja2
+import yaml
+
+from ja_instruct import __version__
+from ja_instruct.report.config import ReportConfig
+from ja_instruct.report.load import ReportData
+from ja_instruct.report.stats import ModelScores, Pairwise, turn_flags
+
+DEMO_BACKENDS = {"hf": "a small local model scoring answers by token log-probabilities (judge backend `hf`)",
+                 "fake": "the fake judge (deterministic pseudo-scores for tests; no model)"}
+
+
+def fmt(x: float | None, nd: int = 2) -> str:
+    """A number for a table cell ('–' for missing/NaN)."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.{nd}f}"
+
+
+def score_color(score: float) -> str:
+    """Red (1) to green (10)."""
+    hue = max(0.0, min(1.0, (score - 1.0) / 9.0)) * 120
+    return f"hsl({hue:.0f}, 60%, 38%)"
+
+
+def demo_judge_reason(data: ReportData, cfg: ReportConfig) -> str | None:
+    """Why this report's judge is a demo judge (None: a real judge)."""
+    if cfg.demo_judge is False:
+        return None
+    for r in data.runs:
+        if r.backend in DEMO_BACKENDS:
+            return f"{DEMO_BACKENDS[r.backend]}: {r.judge}"
+    return "a judge marked as a demo judge in the report config" if cfg.demo_judge else None
+
+
+def order_models(scores: dict[str, ModelScores], pairwise: Pairwise | None, data: ReportData,
+                 cfg: ReportConfig) -> list[str]:
+    """Models in display order: the config's list, else by mean score / rating, best first."""
+    all_models = sorted(data.models)
+    if cfg.models:
+        return [m for m in cfg.models if m in data.models]
+    if scores:
+        return sorted(all_models, key=lambda m: -(scores[m].mean if m in scores and not math.isnan(scores[m].mean)
+                                                 else -1))
+    if pairwise:
+        return sorted(all_models, key=lambda m: -pairwise.ratings.get(m, 0))
+    return all_models
+
+
+def _side_by_side(data: ReportData, models: list[str], cfg: ReportConfig) -> tuple[list[dict], list[str]]:
+    """One row per question, one cell per model: each turn's answer, score, flags and reasoning."""
+    single: dict[tuple, list[dict]] = defaultdict(list)
+    qorder: dict[str, str] = {}
+    for r in data.judgments:
+        qid = str(r["question_id"])
+        qorder.setdefault(qid, str(r.get("category") or "uncategorised"))
+        if r.get("mode") == "single" and r.get("model"):
+            single[(r["model"], qid, int(r.get("turn") or 1))].append(r)
+    # question-file order first (the set's own order), then anything judged but not in it
+    qids = [q for q in data.questions if q in qorder] + [q for q in qorder if q not in data.questions]
+    rows = []
+    cut = cfg.side_by_side_max_chars
+    for qid in qids:
+        q = data.questions.get(qid, {})
+        category = q.get("category") or qorder[qid]
+        cells = []
+        for m in models:
+            ans = data.answers.get(m, {}).get(qid)
+            turns = list((ans or {}).get("choices", [{}])[0].get("turns", [])) if ans else []
+            health = (ans or {}).get("health") or []
+            n_turns = max(len(turns), max((t for (mm, qq, t) in single if mm == m and qq == qid), default=0))
+            cell = []
+            for t in range(1, n_turns + 1):
+                text = turns[t - 1] if t <= len(turns) else ""
+                if cut and len(text) > cut:
+                    text = text[:cut] + f" … [{len(text) - cut} more characters]"
+                js = single.get((m, qid, t), [])
+                ok = [j for j in js if j.get("status", "ok") == "ok" and j.get("score") is not None]
+                score = sum(float(j["score"]) for j in ok) / len(ok) if ok else None
+                h = health[t - 1] if t <= len(health) and isinstance(health[t - 1], dict) else {}
+                cell.append({
+                    "text": text if ans else "(no answer file)",
+                    "score": (f"{score:g}" if score == int(score) else f"{score:.1f}") if score is not None else None,
+                    "color": score_color(score) if score is not None else None,
+                    "status": js[0].get("status") if js and score is None else None,
+                    "reasoning": js[0].get("text") if js else None,
+                    "judge": js[0].get("judge") if js else None,
+                    "flags": [f.replace("_", "-") for f in turn_flags(h, cfg.min_ja_ratio, cfg.max_repeat_ratio)],
+                })
+            cells.append(cell)
+        rows.append({"qid": qid, "category": category, "turns": q.get("turns") or ["(question text not found)"],
+                     "cells": cells})
+    categories = sorted({r["category"] for r in rows})
+    return rows, categories
+
+
+def _configs(data: ReportData) -> list[dict]:
+    """The resolved configs found next to the inputs (judge, generate, train, data)."""
+    seen, out = set(), []
+    paths = [r.dir / "config.yaml" for r in data.runs]
+    paths += [r.answers_dir / "config.yaml" for r in data.runs if r.answers_dir]
+    for info in data.models.values():
+        if info.path and Path(info.path).is_dir():
+            paths.append(Path(info.path).parent / "config.yaml")
+    for r in data.runs:
+        if r.answers_dir:
+            paths.append(r.answers_dir.parent / "data" / "config.yaml")
+    for p in paths:
+        rp = p.resolve()
+        if p.is_file() and rp not in seen:
+            seen.add(rp)
+            out.append({"name": str(p), "text": p.read_text(encoding="utf-8", errors="replace")})
+    return out
+
+
+def build_context(data: ReportData, scores: dict[str, ModelScores], pairwise: Pairwise | None,
+                  health: dict[str, dict | None], figures: dict[str, str], cfg: ReportConfig,
+                  title: str) -> dict:
+    """Everything the template shows, as plain strings/lists (formatting happens here)."""
+    models = order_models(scores, pairwise, data, cfg)
+    reason = demo_judge_reason(data, cfg)
+    score_rows = []
+    for m in models:
+        if m not in scores:
+            continue
+        s = scores[m]
+        h = health.get(m)
+        score_rows.append({
+            "model": m, "n": s.n, "mean": fmt(s.mean), "ci": f"[{fmt(s.ci[0])}, {fmt(s.ci[1])}]",
+            "std": fmt(s.std), "median": fmt(s.median, 1), "parse_errors": s.parse_errors,
+            "health": [(k.replace("_", "-"), f"{100 * h[k]:.0f}%") for k in ("non_japanese", "looping", "truncated",
+                                                                             "empty", "any")] if h else None,
+        })
+    scored = [m for m in models if m in scores]
+    categories = sorted({c for s in scores.values() for c in s.per_category})
+    category_rows = [{"category": c, "n": max((scores[m].per_category_n.get(c, 0) for m in scored), default=0),
+                      "vals": [fmt(scores[m].per_category.get(c)) for m in scored]} for c in categories]
+    turns = sorted({t for s in scores.values() for t in s.per_turn})
+    turn_rows = [{"turn": t, "vals": [fmt(scores[m].per_turn.get(t)) for m in scored]} for t in turns]
+    score_figures = [
+        {"id": k, "uri": figures[k], "alt": alt, "caption": cap}
+        for k, alt, cap in (
+            ("mean", "mean score per model with CI", f"Mean score with {round(cfg.ci * 100)}% bootstrap CI."),
+            ("box", "box plot of scores per model", "Score distribution per model (box: quartiles, triangle: mean)."),
+            ("hist", "score histogram per model", "Score histogram per model (dashed: mean)."),
+        ) if k in figures
+    ]
+    pw = None
+    if pairwise is not None:
+        k = {m: i for i, m in enumerate(pairwise.models)}
+        rows = []
+        for m in sorted(pairwise.models, key=lambda m: -pairwise.ratings[m]):
+            i = k[m]
+            rows.append({"model": m, "rating": f"{pairwise.ratings[m]:.0f}",
+                         "ci": f"[{pairwise.rating_ci[m][0]:.0f}, {pairwise.rating_ci[m][1]:.0f}]",
+                         "wins": int(pairwise.wins[i].sum()), "ties": int(pairwise.ties[i].sum()),
+                         "losses": int(pairwise.wins[:, i].sum())})
+        pw = {"n": pairwise.n_judgments, "parse_errors": pairwise.parse_errors, "rows": rows,
+              "position_bias": fmt(pairwise.position_bias), "inconsistency": fmt(pairwise.inconsistency),
+              "figures": [{"id": kk, "uri": figures[kk], "alt": alt, "caption": cap} for kk, alt, cap in (
+                  ("heatmap", "pairwise win-rate heat map", "Win rate of the row model against the column model."),
+                  ("bt", "Bradley-Terry ranking with CIs", "Bradley-Terry ratings with bootstrap CIs."),
+              ) if kk in figures]}
+    rows, sbs_categories = _side_by_side(data, models, cfg)
+    model_meta = []
+    for m in models:
+        info = data.models[m]
+        gen = info.generation or {kk: v for kk, v in info.spec.items() if kk != "id"}
+        model_meta.append({
+            "id": m, "path": info.path or "–",
+            "generation": yaml.safe_dump(gen, allow_unicode=True, sort_keys=True).strip() if gen else "–",
+            "licences": json.dumps(info.licences, ensure_ascii=False, indent=1) if info.licences else None,
+            "licence_source": info.licence_source,
+            "licence_note": "not a model trained by this run (no dataset stats found)" if not info.licences else "",
+            "card": info.card,
+        })
+    return {
+        "title": title, "version": __version__, "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "judges": sorted({r.judge for r in data.runs}), "prompts": sorted({r.prompt for r in data.runs}),
+        "n_questions": len(rows), "models": scored or models, "sbs_models": models,
+        "demo_judge": reason is not None, "demo_reason": reason, "ci_pct": round(cfg.ci * 100),
+        "scores": score_rows, "score_figures": score_figures, "category_rows": category_rows,
+        "category_figure": figures.get("categories"), "turns": turns, "turn_rows": turn_rows,
+        "turn_figure": figures.get("turns"), "pairwise": pw, "rows": rows, "categories": sbs_categories,
+        "runs": [{"dir": str(r.dir), "judge": r.judge, "backend": r.backend or "–", "prompt": r.prompt,
+                  "mode": r.mode, "question_set": r.question_set or "–", "demo": r.backend in DEMO_BACKENDS,
+                  "n": sum(1 for j in data.judgments if j.get("judge") == r.judge)} for r in data.runs],
+        "model_meta": model_meta, "configs": _configs(data),
+    }
+
+
+def render_html(context: dict) -> str:
+    """Render the page (autoescape ON: all text is escaped)."""
+    env = jinja2.Environment(loader=jinja2.PackageLoader("ja_instruct.report", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=False)
+    return env.get_template("report.html.j2").render(**context)

@@ -1,0 +1,238 @@
+"""Read everything a report shows: judgments, judge summaries, answers, questions, metadata.
+
+Only the shared file formats are read (see the README's "Output formats"), so a report
+works on any judge folder: one written by ``ja-instruct judge``, an imported FastChat
+run, or a folder put together by hand. What is absent (answers, questions, model cards)
+is simply not shown.
+
+Where things are found, starting from a judge folder ``J``:
+
+* ``J/judgments.jsonl`` (required), ``J/summary.json`` and ``J/config.yaml`` (optional);
+* the answers folder: ``answers_dir`` of the summary or config, else ``J/../answers``;
+* the questions: the judge config's ``questions``, else the generate config's (in the
+  answers folder), when it is a local file or ``embedded:NAME``;
+* each model's path: the generate config's ``models[].path`` (``trained`` = ``<root>/train/final``);
+  training-data licences from a ``stats.json`` (the data stage's) found beside the model,
+  through the train config's ``dataset_dir``, or in ``<root>/data``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ja_instruct.config import resolve_path
+from ja_instruct.errors import UserError
+from ja_instruct.io import iter_jsonl, read_json
+
+log = logging.getLogger(__name__)
+
+JUDGMENTS = "judgments.jsonl"
+TRAINED = "trained"  # the generate stage's "this recipe's train output" marker
+
+
+@dataclass
+class JudgeRun:
+    """One judge folder and what it says about itself."""
+
+    dir: Path
+    config: dict
+    summary: dict | None
+    judge: str
+    backend: str | None
+    prompt: str
+    mode: str
+    question_set: str | None
+    answers_dir: Path | None
+
+
+@dataclass
+class ModelInfo:
+    """Where a model's answers came from: generation settings, its path, its training data."""
+
+    id: str
+    generation: dict = field(default_factory=dict)
+    spec: dict = field(default_factory=dict)
+    path: str | None = None
+    licences: dict[str, Any] | None = None
+    licence_source: str | None = None
+    card: str | None = None
+
+
+@dataclass
+class ReportData:
+    """Everything the report needs, merged over the judge folders."""
+
+    runs: list[JudgeRun]
+    judgments: list[dict]
+    questions: dict[str, dict]
+    answers: dict[str, dict[str, dict]]
+    models: dict[str, ModelInfo]
+    generate_config: dict | None = None
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        log.warning("cannot read %s: %s", path, e)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _find_dir(value: str | None, base: Path) -> Path | None:
+    """A recorded folder path: as written (relative to the cwd), else relative to ``base``."""
+    if not value:
+        return None
+    for cand in (Path(value).expanduser(), base / value):
+        if cand.is_dir():
+            return cand
+    return None
+
+
+def load_judge_run(judge_dir: str | Path) -> tuple[JudgeRun, list[dict]]:
+    """Read one judge folder: its judgments plus summary/config metadata."""
+    d = Path(judge_dir)
+    path = d / JUDGMENTS
+    if not path.is_file():
+        raise UserError(f"no {JUDGMENTS} in '{d}'", file=d,
+                        hint="Pass a folder written by `ja-instruct judge` (e.g. runs/NAME/judge).")
+    judgments = [rec for _, rec in iter_jsonl(path, allow_empty=True)]
+    for i, rec in enumerate(judgments, 1):
+        if rec.get("mode") not in ("single", "pairwise") or "question_id" not in rec:
+            raise UserError("not a judgment record (needs 'mode' single|pairwise and 'question_id')",
+                            file=path, line=i, hint="See the judgments format in docs/report.md.")
+    summary = read_json(d / "summary.json") if (d / "summary.json").is_file() else None
+    config = _read_yaml(d / "config.yaml")
+    backend_cfg = config.get("backend") if isinstance(config.get("backend"), dict) else {}
+    first = judgments[0] if judgments else {}
+    s = summary or {}
+    answers_dir = (_find_dir(s.get("answers_dir"), d) or _find_dir(config.get("answers_dir"), d)
+                   or _find_dir("answers", d.parent))
+    run = JudgeRun(
+        dir=d, config=config, summary=summary,
+        judge=str(s.get("judge") or first.get("judge") or backend_cfg.get("model") or "unknown"),
+        backend=backend_cfg.get("backend") or s.get("backend"),
+        prompt=str(s.get("prompt") or first.get("prompt") or "unknown"),
+        mode=str(s.get("mode") or first.get("mode") or config.get("mode") or "single"),
+        question_set=s.get("question_set") or config.get("questions"),
+        answers_dir=answers_dir,
+    )
+    return run, judgments
+
+
+def _load_questions(candidates: list[str | None], answers_dirs: list[Path]) -> dict[str, dict]:
+    """Questions by id from the first local question file among the candidates."""
+    paths = [resolve_path(c) for c in candidates if c]
+    paths += [a / "questions.jsonl" for a in answers_dirs]
+    for p in paths:
+        if p.is_file() and p.suffix == ".jsonl":
+            out = {}
+            for _, q in iter_jsonl(p):
+                turns = q.get("turns") or ([q["text"]] if "text" in q else [])
+                out[str(q.get("question_id"))] = {"category": q.get("category") or "uncategorised",
+                                                  "turns": [str(t) for t in turns]}
+            return out
+    return {}
+
+
+def _load_answers(answers_dir: Path, models: set[str]) -> dict[str, dict[str, dict]]:
+    out: dict[str, dict[str, dict]] = {}
+    for m in sorted(models):
+        f = answers_dir / f"{m}.jsonl"
+        if f.is_file():
+            out[m] = {str(a.get("question_id")): a for _, a in iter_jsonl(f, allow_empty=True)}
+    return out
+
+
+def _licences_from_stats(stats: dict) -> dict | None:
+    """The licence breakdown of a data stage's stats.json (whatever its exact layout):
+    ``{source: "LICENCE (N examples)"}`` when sources are listed, else the licence counts."""
+    sources = stats.get("sources")
+    if isinstance(sources, dict) and sources:
+        out = {}
+        for name, s in sources.items():
+            if isinstance(s, dict) and (s.get("license") or s.get("licence")):
+                n = s.get("sampled", s.get("kept"))
+                out[name] = f"{s.get('license') or s.get('licence')}" + (f" ({n} examples)" if n is not None else "")
+        if out:
+            return out
+    for key in ("licenses", "licences", "license", "licence", "licenses_used"):
+        if key in stats and stats[key]:
+            return stats[key]
+    return None
+
+
+def _model_provenance(info: ModelInfo, root: Path | None) -> None:
+    """Fill path, model card and training-data licences of a (tuned) model, best effort."""
+    path = info.spec.get("path") or info.generation.get("model_path") or info.generation.get("path")
+    if path == TRAINED and root is not None:
+        path = str(root / "train" / "final")
+    info.path = path
+    if not path or str(path).startswith("embedded:"):
+        return
+    mdir = Path(path).expanduser()
+    if not mdir.is_dir():
+        return
+    card = mdir / "README.md"
+    if card.is_file():
+        info.card = card.read_text(encoding="utf-8", errors="replace")
+    cands = [mdir / "stats.json", mdir / "training_data.json", mdir.parent / "stats.json"]
+    train_cfg = _read_yaml(mdir.parent / "config.yaml") or _read_yaml(mdir / "train_config.yaml")
+    if train_cfg.get("dataset_dir"):
+        cands.append(Path(str(train_cfg["dataset_dir"])).expanduser() / "stats.json")
+    cands.append(mdir.parent.parent / "data" / "stats.json")
+    for c in cands:
+        if c.is_file():
+            try:
+                lic = _licences_from_stats(read_json(c))
+            except UserError:
+                continue
+            if lic:
+                info.licences, info.licence_source = lic, str(c)
+                return
+
+
+def load_report_data(judge_dirs: list[str | Path]) -> ReportData:
+    """Load and merge judge folders (plus the answers/questions/metadata they point to)."""
+    if not judge_dirs:
+        raise UserError("no judge folder given", hint="Pass at least one folder with judgments.jsonl.")
+    runs, judgments, seen = [], [], set()
+    for d in judge_dirs:
+        run, recs = load_judge_run(d)
+        runs.append(run)
+        for r in recs:
+            # The same judgment reached through two folders (a shared cache) is counted once.
+            k = (r.get("judge"), r.get("key"), r.get("repeat", 0)) if r.get("key") else None
+            if k is not None and k in seen:
+                continue
+            seen.add(k)
+            judgments.append(r)
+    if not judgments:
+        raise UserError("the judge folders hold no judgments", file=runs[0].dir / JUDGMENTS,
+                        hint="Run `ja-instruct judge` first.")
+    models = {r["model"] for r in judgments if r.get("model")}
+    models |= {r[k] for r in judgments for k in ("model_a", "model_b") if r.get(k)}
+    answers_dirs = [r.answers_dir for r in runs if r.answers_dir is not None]
+    answers: dict[str, dict[str, dict]] = {}
+    for a in answers_dirs:
+        for m, recs in _load_answers(a, models - set(answers)).items():
+            answers[m] = recs
+    gen_cfg = next((c for c in (_read_yaml(a / "config.yaml") for a in answers_dirs) if c), None)
+    questions = _load_questions([r.question_set for r in runs] + [(gen_cfg or {}).get("questions")], answers_dirs)
+    specs = {m.get("id"): m for m in (gen_cfg or {}).get("models", []) if isinstance(m, dict)}
+    root = answers_dirs[0].parent if answers_dirs else None
+    infos: dict[str, ModelInfo] = {}
+    for m in sorted(models):
+        first = next(iter(answers.get(m, {}).values()), {})
+        info = ModelInfo(id=m, generation=dict(first.get("generation") or {}), spec=dict(specs.get(m) or {}))
+        _model_provenance(info, root)
+        infos[m] = info
+    return ReportData(runs=runs, judgments=judgments, questions=questions, answers=answers,
+                      models=infos, generate_config=gen_cfg)

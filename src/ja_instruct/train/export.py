@@ -1,0 +1,218 @@
+"""Export the trained model as a plain Hugging Face directory (``<out>/final``).
+
+What a user needs to run the model with nothing but transformers:
+
+* ``model.safetensors`` + ``config.json`` (or, for ``lora.export: adapter``, the peft
+  adapter files; loading them needs the base model);
+* the tokenizer, with the recipe's prompt format installed as its chat template, so
+  ``tokenizer.apply_chat_template`` renders exactly the training prompt;
+* ``generation_config.json`` with the PLaMo card's sampling defaults;
+* ``README.md``, a model card: base model, training sources and their licences,
+  hyper-parameters;
+* ``.complete``: a marker written last, holding the config hash (the pipeline skips
+  the stage when it matches).
+
+The full (unsharded) state dict is gathered with ``get_model_state_dict(full_state_dict=True,
+cpu_offload=True)``: every rank takes part, rank 0 ends up with CPU tensors and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+from ja_instruct.io import read_json, write_json, write_text
+from ja_instruct.train.config import TrainConfig
+from ja_instruct.train.model import Dist
+
+COMPLETE = ".complete"
+
+_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def final_is_complete(final_dir: Path, chash: str) -> bool:
+    """True when ``final_dir`` was fully written by a run with the same config hash."""
+    marker = final_dir / COMPLETE
+    if not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("config_hash") == chash
+    except (json.JSONDecodeError, OSError):
+        return False
+
+
+def save_dtype(cfg: TrainConfig, base_config) -> torch.dtype:
+    if cfg.save_dtype != "auto":
+        return _DTYPES[cfg.save_dtype]
+    dt = getattr(base_config, "dtype", None) or getattr(base_config, "torch_dtype", None)
+    if isinstance(dt, str):
+        dt = getattr(torch, dt, None)
+    return dt if isinstance(dt, torch.dtype) and dt.is_floating_point else torch.float32
+
+
+def export_final(model: torch.nn.Module, cfg: TrainConfig, model_path: str, tokenizer, template_name: str,
+                 out_dir: Path, d: Dist, card: dict, chash: str) -> Path:
+    """Write ``out_dir/final`` (every rank calls this; rank 0 writes). Returns the folder."""
+    # Collective: every rank must take part in gathering the full weights.
+    full_sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    final = out_dir / "final"
+    if d.is_main:
+        tmp = out_dir / ".final.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        if cfg.lora.enabled:
+            _write_lora(full_sd, cfg, model_path, tmp)
+        else:
+            _write_full(full_sd, cfg, model_path, tmp)
+        del full_sd
+        _write_tokenizer(tokenizer, template_name, tmp)
+        _write_generation_config(cfg, tokenizer, model_path, tmp)
+        write_text(tmp / "README.md", model_card(cfg, card))
+        write_json(tmp / COMPLETE, {"config_hash": chash})  # last: marks the folder complete
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    d.barrier()
+    return final
+
+
+def _write_full(sd: dict, cfg: TrainConfig, model_path: str, out: Path) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ja_instruct.train.model import config_overrides
+
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code,
+                                        **config_overrides(cfg))
+    dtype = save_dtype(cfg, config)
+    # Build the skeleton on the meta device (no memory, no random init) and adopt the gathered
+    # tensors with assign=True: rank 0 never holds two copies of a 13B model.
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
+    model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, assign=True, strict=False)
+    model.tie_weights()
+    missing = [n for n, p in model.named_parameters() if p.is_meta]
+    if missing:
+        raise RuntimeError(f"export: weights missing from the trained state dict: {missing[:5]}")
+    model.config.use_cache = True  # inference default again
+    model.config.dtype = dtype
+    model.save_pretrained(out)
+
+
+def _write_lora(sd: dict, cfg: TrainConfig, model_path: str, out: Path) -> None:
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    from ja_instruct.train.model import apply_lora
+
+    from ja_instruct.train.model import config_overrides
+
+    base = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code,
+                                                **config_overrides(cfg))
+    dtype = save_dtype(cfg, base.config)
+    peft_model = apply_lora(base, cfg)
+    # The gathered dict has the peft model's full names; keep the adapter weights only.
+    adapter = get_peft_model_state_dict(peft_model, state_dict=sd)
+    set_peft_model_state_dict(peft_model, adapter)
+    if cfg.lora.export == "adapter":
+        peft_model.save_pretrained(out)
+        return
+    merged = peft_model.merge_and_unload()
+    merged.to(dtype)
+    merged.config.use_cache = True
+    merged.config.dtype = dtype
+    merged.save_pretrained(out)
+
+
+def _write_tokenizer(tokenizer, template_name: str, out: Path) -> None:
+    from ja_instruct.data.templates import install_chat_template
+
+    install_chat_template(tokenizer, template_name)
+    tokenizer.save_pretrained(out)
+
+
+def _write_generation_config(cfg: TrainConfig, tokenizer, model_path: str, out: Path) -> None:
+    from transformers import GenerationConfig
+
+    g = cfg.generation
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    gc = GenerationConfig(do_sample=g.do_sample, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
+                          repetition_penalty=g.repetition_penalty, bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=eos, pad_token_id=pad)
+    gc.save_pretrained(out)
+
+
+def read_dataset_stats(dataset_dir: Path) -> dict:
+    """The data stage's stats.json, or {} when the dataset dir has none."""
+    p = dataset_dir / "stats.json"
+    return read_json(p) if p.is_file() else {}
+
+
+def _sources_table(stats: dict) -> list[str]:
+    """Rows ``| source | licence | examples |`` from stats.json, read tolerantly."""
+    sources = stats.get("sources") or stats.get("per_source") or {}
+    if isinstance(sources, list):
+        sources = {s.get("name", f"source{i}"): s for i, s in enumerate(sources)}
+    licences = stats.get("licenses") or stats.get("licences") or {}
+    rows = []
+    for name, s in sources.items():
+        s = s if isinstance(s, dict) else {"kept": s}
+        lic = s.get("license") or s.get("licence") or (licences.get(name) if isinstance(licences, dict) else None)
+        n = s.get("kept", s.get("count", s.get("n", "")))
+        rows.append(f"| {name} | {lic or 'unknown'} | {n} |")
+    return rows
+
+
+def model_card(cfg: TrainConfig, card: dict) -> str:
+    """README.md of the exported model: what it is, what it was trained on, how."""
+    stats = card.get("stats", {})
+    lines = [
+        "---",
+        "library_name: transformers",
+        f"base_model: {cfg.model}",
+        "language: [ja]",
+        "tags: [ja-instruct, sft]",
+        "---",
+        "",
+        f"# {card.get('name', 'ja-instruct model')}",
+        "",
+        f"Supervised fine-tune of `{cfg.model}` made with ja-instruct "
+        f"({'LoRA, ' + cfg.lora.export if cfg.lora.enabled else 'full fine-tuning'}, PyTorch FSDP2).",
+        f"Prompt format: `{cfg.template}` (installed as the tokenizer's chat template).",
+        "",
+        "## Training data",
+        "",
+        "| source | licence | examples |",
+        "|---|---|---|",
+        *(_sources_table(stats) or ["| (dataset without stats.json) | unknown | |"]),
+        "",
+        "The licence of the model's outputs and weights follows the most restrictive licence above.",
+        "",
+        "## Hyper-parameters",
+        "",
+        "| key | value |",
+        "|---|---|",
+    ]
+    hp = {
+        "epochs": cfg.epochs, "steps": card.get("steps"), "global batch (rows)": cfg.global_batch_size,
+        "micro batch": cfg.micro_batch_size, "gradient accumulation": card.get("grad_accum"),
+        "world size": card.get("world_size"), "max length": cfg.max_length, "packing": cfg.packing,
+        "learning rate": cfg.lr, "warm-up ratio": cfg.warmup_ratio, "schedule": "linear warm-up, cosine decay",
+        "weight decay": cfg.weight_decay, "betas": list(cfg.betas), "grad clip": cfg.grad_clip,
+        "precision": card.get("dtype"), "seed": card.get("seed"), "examples": card.get("examples"),
+        "supervised tokens": card.get("supervised_tokens"),
+    }
+    if cfg.lora.enabled:
+        hp.update({"lora r": cfg.lora.r, "lora alpha": cfg.lora.alpha, "lora dropout": cfg.lora.dropout,
+                   "lora targets": cfg.lora.target_modules})
+    lines += [f"| {k} | {v} |" for k, v in hp.items()]
+    g = cfg.generation
+    lines += ["", "## Generation defaults", "",
+              f"do_sample={g.do_sample}, temperature={g.temperature}, top_p={g.top_p}, top_k={g.top_k} "
+              "(generation_config.json).", ""]
+    return "\n".join(lines)

@@ -1,0 +1,39 @@
+"""Helpers of the data-stage tests: the small fixtures and recipe writing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+DATA_ASSETS = Path(__file__).resolve().parents[1] / "assets" / "data"
+
+
+@pytest.fixture
+def data_assets() -> Path:
+    """tests/assets/data: tiny alpaca / oasst / messages / fastchat files."""
+    return DATA_ASSETS
+
+
+@pytest.fixture
+def write_recipe(tmp_path):
+    """``write_recipe(sources, **data_keys) -> Path`` of a recipe YAML with a data section."""
+
+    def write(sources: list[dict], name: str = "recipe.yaml", seed: int = 0, **data) -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump({"name": "t", "seed": seed, "data": {"sources": sources, **data}},
+                                       allow_unicode=True), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def source():
+    """``source(name, path, format, license="Apache-2.0", **keys) -> dict``: a recipe source."""
+
+    def make(name: str, path, fmt: str, license: str = "Apache-2.0", **kw) -> dict:
+        return {"name": name, "path": str(path), "format": fmt, "license": license, **kw}
+
+    return make

@@ -1,0 +1,82 @@
+"""Fixtures of the train tests: a tiny dataset directory and recipes that train the tiny Llama."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+
+import yaml
+
+_Q = ["日本の首都はどこですか？", "富士山について説明してください。", "機械学習とは何ですか？",
+      "今日の天気はどうですか？", "江戸時代について教えてください。", "政治と経済の関係は？"]
+_A = ["日本の首都は東京です。", "富士山は日本で一番高い山です。", "機械学習とは、データから規則を学ぶ方法です。",
+      "こんにちは。今日はいい天気ですね。", "日本の歴史には江戸時代などがあります。", "政治、経済、社会について答えます。"]
+
+
+def make_conversations(n: int, seed: int = 0) -> list[dict]:
+    """``n`` short Japanese conversations of varied length (some with an input, some two-turn)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        msgs = [{"role": "user", "content": rng.choice(_Q)}]
+        if i % 3 == 0:
+            msgs.append({"role": "input", "content": rng.choice(_A)})
+        msgs.append({"role": "assistant", "content": "".join(rng.choice(_A) for _ in range(rng.randint(1, 4)))})
+        if i % 5 == 0:
+            msgs += [{"role": "user", "content": rng.choice(_Q)}, {"role": "assistant", "content": rng.choice(_A)}]
+        rows.append({"id": f"ex{i}", "source": "toy" if i % 2 else "toy-nc",
+                     "license": "CC-BY-4.0" if i % 2 else "CC-BY-NC-4.0", "commercial": bool(i % 2),
+                     "messages": msgs})
+    return rows
+
+
+def write_dataset_dir(path: Path, rows: list[dict]) -> Path:
+    """A dataset directory in the data stage's format (dataset/ + stats.json)."""
+    import datasets
+
+    from ja_instruct.io import write_json
+
+    ds = datasets.Dataset.from_list(rows or make_conversations(1))
+    ds.select(range(len(rows))).flatten_indices().save_to_disk(str(path / "dataset"), num_shards=1)
+    write_json(path / "stats.json", {"sources": {"toy": {"kept": sum(r["source"] == "toy" for r in rows),
+                                                         "license": "CC-BY-4.0"},
+                                                 "toy-nc": {"kept": sum(r["source"] == "toy-nc" for r in rows),
+                                                            "license": "CC-BY-NC-4.0"}}})
+    return path
+
+
+
+
+def write_recipe(path: Path, model_dir: Path, dataset_dir: Path, out_dir: Path, **train) -> Path:
+    """A recipe YAML whose train section trains the tiny model for a few steps on CPU."""
+    section = {"model": str(model_dir), "dataset_dir": str(dataset_dir), "template": "plamo",
+               "max_length": 128, "micro_batch_size": 2, "global_batch_size": 4, "epochs": 1,
+               "lr": 1e-3, "warmup_ratio": 0.1, "save_every": 0, "tensorboard": False}
+    section.update(train)
+    path.write_text(yaml.safe_dump({"name": "tiny", "out_dir": str(out_dir), "seed": 1, "train": section},
+                                   allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def build_llama(out_dir: Path, tokenizer, seed: int = 0, **overrides) -> Path:
+    """A 2-layer, hidden-64 Llama + tokenizer as a HF folder (like tests/conftest.py's, with overrides)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    cfg.update(overrides)
+    LlamaForCausalLM(LlamaConfig(**cfg)).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+def read_metrics(path: Path) -> dict[int, dict]:
+    """metrics.jsonl as {step: record}."""
+    import json
+
+    return {r["step"]: r for r in map(json.loads, path.read_text().splitlines())}

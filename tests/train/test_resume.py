@@ -1,0 +1,55 @@
+"""Exact resume under torchrun: 2 ranks on gloo, SIGKILL after step 7, resume, same losses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest_train import build_llama, read_metrics, write_recipe
+
+
+def _torchrun(recipe, env_extra=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("JA_INSTRUCT_TRAIN_FAIL_AT_STEP", None)
+    env.update(env_extra or {})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "ja_instruct.cli", "train", str(recipe)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_gives_the_same_losses(tmp_path, tiny_tokenizer, toy_dataset_dir):
+    # Dropout on, so the restored RNG state matters too.
+    model = build_llama(tmp_path / "model", tiny_tokenizer, attention_dropout=0.1)
+    # 30 rows / global batch 4 -> 8 steps per epoch; 12 steps cross the epoch boundary.
+    # Checkpoints at 3, 6, 9, 12; the kill after step 7 resumes from step 6 (mid-epoch).
+    train = dict(epochs=2, max_steps=12, save_every=3, keep_last=2)
+    ref = write_recipe(tmp_path / "ref.yaml", model, toy_dataset_dir, tmp_path / "ref", **train)
+    res = write_recipe(tmp_path / "res.yaml", model, toy_dataset_dir, tmp_path / "res", **train)
+
+    r = _torchrun(ref)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = _torchrun(res, {"JA_INSTRUCT_TRAIN_FAIL_AT_STEP": "7"})
+    assert r.returncode != 0  # killed
+    ckpts = tmp_path / "res" / "train" / "checkpoints"
+    assert (ckpts / "latest").read_text().strip() == "step_00000006"
+    assert not (tmp_path / "res" / "train" / "final").exists()
+    killed = read_metrics(tmp_path / "res" / "train" / "metrics.jsonl")
+    assert max(killed) == 7
+    r = _torchrun(res)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from step_00000006" in r.stderr
+
+    a = read_metrics(tmp_path / "ref" / "train" / "metrics.jsonl")
+    b = read_metrics(tmp_path / "res" / "train" / "metrics.jsonl")
+    assert sorted(a) == sorted(b) == list(range(1, 13))
+    for step in range(1, 13):
+        assert b[step]["loss"] == pytest.approx(a[step]["loss"], abs=1e-6), step
+        assert b[step]["supervised_tokens"] == a[step]["supervised_tokens"]
+        assert b[step]["lr"] == pytest.approx(a[step]["lr"], rel=1e-9)
+    # keep_last=2: only the last two checkpoints remain; the final model was exported
+    assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_00000009", "step_00000012"]
+    assert (tmp_path / "res" / "train" / "final" / "model.safetensors").is_file()
