@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as d, LoopbackJudgeServer(delay=args.delay) as srv:
         tmp = Path(d)
         questions, answers = make_inputs(tmp, args.models, args.questions)
+        # warm-up (imports of openai/scipy/jinja2, first connection): not timed, not counted
+        run_once(questions, answers, srv.base_url, tmp / "warmup", 1, 1)
         n0 = len(srv.log)
         conc = run_once(questions, answers, srv.base_url, tmp / "concurrent", args.concurrency, args.questions)
         conc["server_calls"] = len(srv.log) - n0

@@ -12,6 +12,18 @@ QUESTIONS = ["日本の首都はどこですか？", "富士山", "機械学習�
              "こんにちは", "日本の歴史について教えてください。"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls on a shared 2-core box: one torch thread is several times faster than two
+    fighting other jobs (the results are the same)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def backends(tiny_model_dir):
     path = str(tiny_model_dir)

@@ -133,3 +133,21 @@ def test_cli_runs_and_bad_input_exits_2(recipe_file, monkeypatch, capsys, tmp_pa
     bad = "[{id: x, backend: openai, base_url: 'https://api.example.com/v1', api_key_env: NO_SUCH_KEY_VAR}]"
     assert run_cli(monkeypatch, recipe_file(bad)) == 2
     assert "NO_SUCH_KEY_VAR" in capsys.readouterr().err
+
+
+def test_vllm_backend_is_optional():
+    import importlib.util
+
+    from ja_instruct.generate.backends import VLLMBackend
+    from ja_instruct.generate.config import ModelSpec
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here")
+    with pytest.raises(UserError, match="'vllm', which is not installed"):
+        VLLMBackend.check(ModelSpec(id="v", backend="vllm"), None)
+
+
+def test_package_exports_entry_points_lazily():
+    import ja_instruct.generate as gen
+
+    assert gen.run_generation is run_generation and callable(gen.load_questions)

@@ -39,3 +39,20 @@ def test_hf_backend_in_a_run(make_recipe, tiny_model_dir, tmp_path):
     out = run_judging(recipe, tmp_path / "j", progress=False)
     recs = read_jsonl(out / "judgments.jsonl")
     assert len(recs) == 6 and all(r["status"] == "ok" and 1 <= r["score"] <= 10 for r in recs)
+
+
+@pytest.mark.slow
+def test_cached_prefix_logprobs_equal_full_sequences(tiny_model_dir):
+    import torch
+
+    backend = HFBackend(JudgeBackendConfig(backend="hf", model=str(tiny_model_dir), device="cpu"))
+    backend._load()
+    tok = backend.tokenizer
+    prompt = tok("日本の首都はどこですか？ 評価：[[", add_special_tokens=True)["input_ids"]
+    conts = [tok(f"{s}]]", add_special_tokens=False)["input_ids"] for s in (1, 7, 10)]  # 10 may be 2 tokens
+    fast = backend.continuation_logprobs(prompt, conts)
+    with torch.no_grad():
+        for c, got in zip(conts, fast):
+            lp = torch.log_softmax(backend.model(input_ids=torch.tensor([prompt + c])).logits[0].float(), -1)
+            want = sum(float(lp[len(prompt) - 1 + j, t]) for j, t in enumerate(c))
+            assert got == pytest.approx(want, abs=1e-4)

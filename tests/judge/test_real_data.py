@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from ja_instruct.io import read_jsonl
 from ja_instruct.judge.run import run_judging
 from judge_helpers import write_recipe

@@ -288,8 +288,13 @@ class VLLMBackend:
         sp = VParams(n=1, temperature=params.temperature, top_p=params.top_p if params.temperature > 0 else 1.0,
                      top_k=params.top_k or -1, max_tokens=params.max_new_tokens, seed=params.seed,
                      repetition_penalty=params.repetition_penalty, stop=list(params.stop) or None)
-        prompts = [self.template.render(c, add_generation_prompt=True) for c in conversations]
-        outs = self.llm.generate(prompts, sp, use_tqdm=False)
+        if self.spec.template == "tokenizer":  # vLLM applies the chat template and its BOS rules itself
+            from ja_instruct.data.templates import merge_input_messages
+
+            outs = self.llm.chat([merge_input_messages(c) for c in conversations], sp, use_tqdm=False)
+        else:
+            prompts = [self.template.render(c, add_generation_prompt=True) for c in conversations]
+            outs = self.llm.generate(prompts, sp, use_tqdm=False)
         return [Generation(text=o.outputs[0].text.strip(), n_tokens=len(o.outputs[0].token_ids),
                            truncated=o.outputs[0].finish_reason == "length") for o in outs]
 

@@ -181,21 +181,7 @@ class HFBackend:
         labels = self.RATING if fmt == "rating" else (["A", "B", "C"] if fmt == "verdict" else ["1", "2", "3"])
         prompt_ids = self.tokenizer(self._prompt_text(req), add_special_tokens=True)["input_ids"]
         conts = [self.tokenizer(lab + closing, add_special_tokens=False)["input_ids"] for lab in labels]
-        width = len(prompt_ids) + max(len(c) for c in conts)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(conts), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, c in enumerate(conts):  # right padding: the prompt sits at the same positions in every row
-            seq = prompt_ids + c
-            ids[i, :len(seq)] = torch.tensor(seq)
-            mask[i, :len(seq)] = 1
-        with torch.no_grad():
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits.float()
-        logp = torch.log_softmax(logits, dim=-1).cpu()
-        seq_lp = []
-        for i, c in enumerate(conts):
-            pos = range(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(c))
-            seq_lp.append(sum(float(logp[i, p, t]) for p, t in zip(pos, c)))
+        seq_lp = self.continuation_logprobs(prompt_ids, conts)
         probs = torch.softmax(torch.tensor(seq_lp), dim=0)
         dist = {lab: round(float(p), 4) for lab, p in zip(labels, probs)}
         if fmt == "rating":
@@ -206,6 +192,37 @@ class HFBackend:
         verdict = {"A": "A", "B": "B", "C": "tie", "1": "A", "2": "B", "3": "tie"}[best]
         return JudgeReply(f"{req.prompt.score_prefix}{best}{closing}", len(prompt_ids), 0,
                           verdict=verdict, extra={"dist": dist})
+
+    def continuation_logprobs(self, prompt_ids: list[int], conts: list[list[int]]) -> list[float]:
+        """log p(cont | prompt) for each continuation. The prompt (long: question + answers) runs
+        once; its KV cache is repeated for the short continuations (one batch, right-padded)."""
+        import inspect
+
+        import torch
+
+        model, dev = self.model, self.device
+        params = inspect.signature(model.forward).parameters
+        cache_kw = "cache" if "cache" in params else "past_key_values"
+        # only the last position's logits are needed: skip the vocabulary projection elsewhere
+        keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([prompt_ids], device=dev), use_cache=True, **keep)
+            first = torch.log_softmax(out.logits[0, -1].float(), dim=-1).cpu()
+            cache = getattr(out, "cache", None) or out.past_key_values
+            width = max(len(c) for c in conts)
+            if width == 1:
+                return [float(first[c[0]]) for c in conts]
+            cache.batch_repeat_interleave(len(conts))
+            ids = torch.zeros((len(conts), width), dtype=torch.long)
+            mask = torch.zeros((len(conts), len(prompt_ids) + width), dtype=torch.long)
+            mask[:, :len(prompt_ids)] = 1
+            for i, c in enumerate(conts):
+                ids[i, :len(c)] = torch.tensor(c)
+                mask[i, len(prompt_ids):len(prompt_ids) + len(c)] = 1
+            out2 = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False, **{cache_kw: cache})
+            rest = torch.log_softmax(out2.logits.float(), dim=-1).cpu()
+        return [float(first[c[0]]) + sum(float(rest[i, j - 1, c[j]]) for j in range(1, len(c)))
+                for i, c in enumerate(conts)]
 
     async def judge(self, req: JudgeRequest) -> JudgeReply:
         if self.model is None:

@@ -52,7 +52,7 @@ class RunStats:
 
 
 async def _judge_one(item: Item, backend, parse_retries: int, stats: RunStats) -> dict:
-    text, score, verdict = "", None, None
+    text, score, verdict, extra = "", None, None, {}
     usage = {"prompt_tokens": 0, "completion_tokens": 0}
     for attempt in range(parse_retries + 1):
         req = JudgeRequest(item.key, item.system, item.user, item.prompt, item.answers,
@@ -61,7 +61,7 @@ async def _judge_one(item: Item, backend, parse_retries: int, stats: RunStats) -
         stats.calls += 1
         usage["prompt_tokens"] += reply.prompt_tokens
         usage["completion_tokens"] += reply.completion_tokens
-        text = reply.text
+        text, extra = reply.text, reply.extra
         if reply.score is not None or reply.verdict is not None:
             score, verdict = reply.score, reply.verdict
         else:
@@ -77,6 +77,8 @@ async def _judge_one(item: Item, backend, parse_retries: int, stats: RunStats) -
     rec = dict(item.record)
     rec.update(score=score, verdict=verdict, status="ok" if ok else "parse_error", text=text,
                key=item.key, usage=usage, attempts=attempt + 1, input_hash=text_hash([item.system, item.user]))
+    if extra:
+        rec.update(extra)  # e.g. the hf judge's score distribution ("dist")
     if item.record.get("mode") == "pairwise":
         rec["verdict_shown"] = raw  # the verdict about the order as shown (for position bias)
     return rec

@@ -20,6 +20,7 @@ with ``str.format`` from the same context.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -94,10 +95,16 @@ class JudgePrompt:
             except KeyError as e:
                 raise UserError(f"prompt '{self.name}' uses {{{e.args[0]}}}, which this item lacks",
                                 hint="Pick a prompt of the right kind in judge_prompt_names.") from None
-        import jinja2
+        return _compiled(self.template).render(**ctx).strip() + "\n"
 
-        env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
-        return env.from_string(self.template).render(**ctx).strip() + "\n"
+
+@functools.lru_cache(maxsize=64)
+def _compiled(template: str):
+    """A jinja2 template compiled once per text (StrictUndefined: a missing variable is an error)."""
+    import jinja2
+
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
+    return env.from_string(template)
 
 
 def build_context(questions: list[str], answers: list[str] | None = None, answers_b: list[str] | None = None,

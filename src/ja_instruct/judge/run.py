@@ -121,6 +121,12 @@ def judge_config(cfg: JudgeConfig, out_dir: str | Path, progress: bool = True) -
     summary = build_summary(records, cfg.mode, models, judge=b.model, question_set=str(cfg.questions),
                             answers_dir=str(cfg.answers_dir), bootstrap=cfg.bootstrap, seed=cfg.seed, extra=extra)
     write_json(out / "summary.json", summary)
+    bt = (summary.get("pairwise") or {}).get("bt") or {}
+    for m, blk in sorted(summary["models"].items(), key=lambda kv: -(kv[1]["mean"] or 0)):
+        rating = bt.get(m, {}).get("rating")
+        log.info("  %-32s %s %s  n=%d  parse errors=%d%s", m, blk.get("metric", "score"),
+                 f"{blk['mean']:.3f}" if blk["mean"] is not None else "-", blk["n"], blk["parse_errors"],
+                 f"  BT {rating:.0f}" if rating is not None else "")
     log.info("judged %d new, %d cached, %d parse errors, %d failed; %d+%d tokens%s -> %s", stats.judged,
              stats.cached, summary["parse_errors"], stats.failed, stats.prompt_tokens, stats.completion_tokens,
              f", cost {run['cost']:.4f}" if run["cost"] is not None else "", out)
