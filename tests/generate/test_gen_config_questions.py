@@ -108,7 +108,9 @@ def test_local_parquet_json_and_dataset_dir_go_through_datasets(tmp_path):
     ds.to_parquet(str(tmp_path / "q.parquet"))
     ds.to_json(str(tmp_path / "q.json"), force_ascii=False, lines=False)
     ds.save_to_disk(str(tmp_path / "saved"))
-    for source in (tmp_path / "q.parquet", tmp_path / "q.json", tmp_path / "saved"):
+    (tmp_path / "repo" / "data").mkdir(parents=True)  # laid out like a hub dataset repo: the hub-id code path
+    ds.to_parquet(str(tmp_path / "repo" / "data" / "train-00000-of-00001.parquet"))
+    for source in (tmp_path / "q.parquet", tmp_path / "q.json", tmp_path / "saved", tmp_path / "repo"):
         out = load_questions(source)
         assert [q.question_id for q in out] == ["q0", "q1", "q2"], source
         assert out[2].turns == ["質問2です"] and out[0].category == "政治"

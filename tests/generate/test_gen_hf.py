@@ -68,6 +68,13 @@ def test_sampling_is_seeded(backends):
 
 def test_stop_strings_cut_the_answer(backends):
     _, many = backends
+    conv = [[{"role": "user", "content": QUESTIONS[0]}], [{"role": "user", "content": QUESTIONS[3]}]]
+    full = many.generate(conv, SamplingParams(temperature=0.0, max_new_tokens=10))
+    text = full[0].text
+    k = next(i for i in range(2, len(text) - 1) if "\ufffd" not in text[i:i + 2] and text[i:i + 2] not in text[:i + 1])
+    stopped = many.generate(conv, SamplingParams(temperature=0.0, max_new_tokens=10, stop=(text[k:k + 2],)))
+    assert stopped[0].text == text[:k].strip() and not stopped[0].truncated  # generation stopped there
+    assert stopped[0].n_tokens < 10
     g = many._decode(many.tokenizer("日本の首都は東京です。\n\n### 指示:\n次", add_special_tokens=False)["input_ids"],
                      SamplingParams(max_new_tokens=100, stop=("\n\n### 指示:",)))
     assert g.text == "日本の首都は東京です。" and not g.truncated

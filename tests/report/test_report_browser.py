@@ -45,7 +45,7 @@ def test_rakuda_report_loads_without_errors_and_shows_plots(rakuda_report, tmp_p
     assert "10 questions shown" in dom
 
     shot = tmp_path / "report.png"
-    run_chromium(["--hide-scrollbars", "--window-size=1400,2600", f"--screenshot={shot}", url], tmp_path)
+    run_chromium(["--virtual-time-budget=10000", "--window-size=1400,2600", f"--screenshot={shot}", url], tmp_path)
     data = shot.read_bytes()
     assert data.startswith(b"\x89PNG")
     width, height = struct.unpack(">II", data[16:24])

@@ -109,7 +109,10 @@ class HFBackend:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         dtype: Any = spec.dtype if spec.dtype == "auto" else getattr(torch, spec.dtype)
         self.device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = load_causal_lm(path, trust_remote_code=spec.trust_remote_code, dtype=dtype).to(self.device)
+        # Straight onto the GPU (device_map) instead of via CPU RAM: a 13B model is 26 GB in bf16.
+        placement = {} if self.device == "cpu" else {"device_map": self.device}
+        self.model = load_causal_lm(path, trust_remote_code=spec.trust_remote_code, dtype=dtype, **placement)
+        self.model.to(self.device)
         self.model.eval()
         self.template = get_template(spec.template, self.tokenizer)
         eos = self.model.generation_config.eos_token_id
@@ -136,6 +139,8 @@ class HFBackend:
                                   eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id)
         if sample:
             kw.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
+        if params.stop:  # stop each sequence as soon as it writes a stop string (text cut in _decode)
+            kw["stop_strings"] = list(params.stop)
         return GenerationConfig(**kw)
 
     def generate(self, conversations: list[list[dict]], params: SamplingParams) -> list[Generation]:
@@ -152,7 +157,8 @@ class HFBackend:
             enc = {k: v.to(self.device) for k, v in enc.items()}
             torch.manual_seed(params.seed + b)
             with torch.inference_mode():
-                seqs = self.model.generate(**enc, generation_config=gen_cfg)
+                seqs = self.model.generate(**enc, generation_config=gen_cfg,
+                                           tokenizer=self.tokenizer if params.stop else None)
             new = seqs[:, enc["input_ids"].shape[1]:].tolist()
             for i, toks in zip(idx, new):
                 out[i] = self._decode(toks, params)

@@ -24,7 +24,10 @@ def answer_files(answers_dir: Path, models: list[str] | None) -> dict[str, Path]
         raise UserError("answers folder not found", file=answers_dir,
                         hint="Run `ja-instruct generate` first, or set judge.answers_dir.")
     found = {p.stem: p for p in sorted(answers_dir.glob("*.jsonl"))}
-    if models is None:
+    if models is None:  # every answer file; other JSONL (e.g. a saved questions.jsonl) is not a model
+        skipped = [m for m, p in found.items() if not _looks_like_answers(p)]
+        for m in skipped:
+            log.info("skipping %s: not a FastChat answer file (no 'choices')", found.pop(m))
         if not found:
             raise UserError("no answer files (*.jsonl) in the answers folder", file=answers_dir,
                             hint="Run `ja-instruct generate` first.")
@@ -34,6 +37,20 @@ def answer_files(answers_dir: Path, models: list[str] | None) -> dict[str, Path]
         raise UserError(f"no answer file for model(s) {missing}", file=answers_dir, field="judge.models",
                         hint=f"Available: {', '.join(found) or 'none'}.")
     return {m: found[m] for m in models}
+
+
+def _looks_like_answers(path: Path) -> bool:
+    import json
+
+    with open(path, "rb") as f:
+        for raw in f:
+            if raw.strip():
+                try:
+                    rec = json.loads(raw)
+                except ValueError:
+                    return True  # let load_answers report the bad line with file and line number
+                return isinstance(rec, dict) and "choices" in rec
+    return False
 
 
 def load_answers(path: Path) -> dict[str, list[str]]:

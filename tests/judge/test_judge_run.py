@@ -149,3 +149,13 @@ def test_cli_forms_and_user_errors(make_recipe, tmp_path, capsys):
     assert "did you mean 'mode'" in capsys.readouterr().err.lower()
     assert main(["judge", recipe, "--set", "judge.models=[nobody]", "--out", str(tmp_path / "c")]) == 2
     assert "no answer file" in capsys.readouterr().err
+
+
+def test_non_answer_jsonl_in_answers_dir_is_ignored(make_recipe, judge_inputs, tmp_path):
+    from pathlib import Path
+
+    qcopy = Path(judge_inputs["answers_dir"]) / "questions.jsonl"
+    qcopy.write_text(Path(judge_inputs["questions"]).read_text(encoding="utf-8"), encoding="utf-8")
+    out = run_judging(make_recipe(), tmp_path / "j", progress=False)
+    _, summ = _load(out)
+    assert set(summ["models"]) == {"model-a", "model-b", "model-c"}
