@@ -13,9 +13,14 @@ from ja_instruct.report import build_report
 from ja_instruct.report.config import ReportConfig
 
 
-@pytest.fixture
-def synthetic_report(synthetic_run, tmp_path):
-    return build_report([synthetic_run["judge"]], tmp_path / "report", ReportConfig(bootstrap=200), title="t<i>")
+@pytest.fixture(scope="module")
+def synthetic_report(tmp_path_factory):
+    """Built once for the read-only tests below."""
+    from report_helpers import write_synthetic_run
+
+    root = tmp_path_factory.mktemp("synthetic")
+    run = write_synthetic_run(root / "run")
+    return build_report([run["judge"]], root / "report", ReportConfig(bootstrap=200), title="t<i>")
 
 
 def test_outputs_written_with_plots_inlined(synthetic_report):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest_train import build_llama, read_metrics, write_recipe
 
@@ -22,8 +23,9 @@ def _torchrun(recipe, env_extra=None):
 
 @pytest.mark.slow
 def test_sigkill_and_resume_gives_the_same_losses(tmp_path, tiny_tokenizer, toy_dataset_dir):
-    # Dropout on, so the restored RNG state matters too.
-    model = build_llama(tmp_path / "model", tiny_tokenizer, attention_dropout=0.1)
+    # Dropout on, so the restored RNG state matters too; tied embeddings, so the FSDP export of a
+    # shared weight is exercised.
+    model = build_llama(tmp_path / "model", tiny_tokenizer, attention_dropout=0.1, tie_word_embeddings=True)
     # 30 rows / global batch 4 -> 8 steps per epoch; 12 steps cross the epoch boundary.
     # Checkpoints at 3, 6, 9, 12; the kill after step 7 resumes from step 6 (mid-epoch).
     train = dict(epochs=2, max_steps=12, save_every=3, keep_last=2)
@@ -52,4 +54,9 @@ def test_sigkill_and_resume_gives_the_same_losses(tmp_path, tiny_tokenizer, toy_
         assert b[step]["lr"] == pytest.approx(a[step]["lr"], rel=1e-9)
     # keep_last=2: only the last two checkpoints remain; the final model was exported
     assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_00000009", "step_00000012"]
-    assert (tmp_path / "res" / "train" / "final" / "model.safetensors").is_file()
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(tmp_path / "res" / "train" / "final")
+    ref_m = AutoModelForCausalLM.from_pretrained(tmp_path / "ref" / "train" / "final")
+    for (name, p), q in zip(m.named_parameters(), ref_m.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name

@@ -60,8 +60,9 @@ def test_export_round_trip_loads_generates_and_carries_the_template(tmp_path, ti
 def test_loss_is_per_supervised_token_of_the_global_batch(tmp_path, tiny_model_dir, toy_dataset_dir):
     # Same global batch of 4 rows as 4 micro-batches of 1 or 1 micro-batch of 4: same losses and
     # updates. A per-micro-batch mean would weigh the micro-batches equally and differ.
+    # (Activation checkpointing on one side: recomputation must not change the result.)
     _, a = _train(tmp_path, "accum", tiny_model_dir, toy_dataset_dir, max_steps=3, micro_batch_size=1,
-                  grad_accum=4)
+                  grad_accum=4, activation_checkpointing=True)
     _, b = _train(tmp_path, "micro", tiny_model_dir, toy_dataset_dir, max_steps=3, micro_batch_size=4)
     ma, mb = read_metrics(a.parent / "metrics.jsonl"), read_metrics(b.parent / "metrics.jsonl")
     for step in (1, 2, 3):

@@ -67,7 +67,10 @@ def build_report(judge_dirs: list[str | Path], out_dir: str | Path, cfg: ReportC
                                                   {m: {str(t): v for t, v in scores[m].per_turn.items()}
                                                    for m in scored}, "turn", fmt, dpi)
     if pairwise is not None:
-        figures["heatmap"] = plots.win_rate_heatmap(pairwise.models, pairwise.win_rate, fmt, dpi)
+        # the heat map in ranking order (best model in the first row)
+        order = sorted(pairwise.models, key=lambda m: -pairwise.ratings[m])
+        ix = [pairwise.models.index(m) for m in order]
+        figures["heatmap"] = plots.win_rate_heatmap(order, pairwise.win_rate[ix][:, ix], fmt, dpi)
         figures["bt"] = plots.bt_ranking(pairwise.models, pairwise.ratings, pairwise.rating_ci, fmt, dpi)
 
     title = title or cfg.title or "ja-instruct report"

@@ -28,6 +28,7 @@ matplotlib.use("Agg")  # no display: always render to memory
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import font_manager  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def japanese_font() -> str | None:
 def _style():
     fam = japanese_font()
     rc = {"font.family": [fam, "DejaVu Sans"] if fam else ["DejaVu Sans"], "axes.spines.top": False,
-          "axes.spines.right": False, "svg.fonttype": "path", "figure.autolayout": True}
+          "axes.spines.right": False, "svg.fonttype": "path"}
     with matplotlib.rc_context(rc), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing")
         yield
@@ -125,6 +126,7 @@ def histograms(models: list[str], scores: list[list[float]], fmt="png", dpi=110)
                 continue
             ax.hist(scores[i], bins=bins, color=COLORS[i % 10], alpha=0.8, edgecolor="white")
             ax.set_title(models[i], fontsize=9)
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xticks(range(1, 11))
             if scores[i]:
                 ax.axvline(float(np.mean(scores[i])), color="black", linestyle="--", linewidth=1)

@@ -107,6 +107,10 @@ class TrainConfig(StrictModel):
     GPU that supports it, fp32 on CPU."""
     activation_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward pass (less memory, ~30% more compute)."""
+    attn_implementation: str | None = None
+    """Attention kernel passed to ``from_pretrained`` (``sdpa``, ``flash_attention_2``, ``eager``);
+    default: transformers' choice. With ``flash_attention_2`` (GPU) a packed row costs the sum of its
+    examples' squared lengths instead of the row length squared."""
     reshard_after_forward: bool = True
     """FSDP2: free the gathered parameters of a layer after its forward (ZeRO-3); False keeps them
     until the backward (ZeRO-2-like: more memory, less communication)."""

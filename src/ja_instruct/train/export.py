@@ -163,8 +163,8 @@ def _sources_table(stats: dict) -> list[str]:
     for name, s in sources.items():
         s = s if isinstance(s, dict) else {"kept": s}
         lic = s.get("license") or s.get("licence") or (licences.get(name) if isinstance(licences, dict) else None)
-        n = s.get("kept", s.get("count", s.get("n", "")))
-        rows.append(f"| {name} | {lic or 'unknown'} | {n} |")
+        n = s.get("sampled", s.get("kept", s.get("count", "")))
+        rows.append(f"| {name} (`{s.get('path', '')}`) | {lic or 'unknown'} | {n} |")
     return rows
 
 
@@ -182,7 +182,8 @@ def model_card(cfg: TrainConfig, card: dict) -> str:
         f"# {card.get('name', 'ja-instruct model')}",
         "",
         f"Supervised fine-tune of `{cfg.model}` made with ja-instruct "
-        f"({'LoRA, ' + cfg.lora.export if cfg.lora.enabled else 'full fine-tuning'}, PyTorch FSDP2).",
+        f"({'LoRA, exported ' + cfg.lora.export if cfg.lora.enabled else 'full fine-tuning'}; "
+        f"{'PyTorch FSDP2 over ' + str(card.get('world_size')) + ' ranks' if (card.get('world_size') or 1) > 1 else 'one process'}).",
         f"Prompt format: `{cfg.template}` (installed as the tokenizer's chat template).",
         "",
         "## Training data",
@@ -191,7 +192,9 @@ def model_card(cfg: TrainConfig, card: dict) -> str:
         "|---|---|---|",
         *(_sources_table(stats) or ["| (dataset without stats.json) | unknown | |"]),
         "",
-        "The licence of the model's outputs and weights follows the most restrictive licence above.",
+        f"Commercial use of the training data allowed: {stats.get('commercial_use_ok', 'unknown')} "
+        f"(licence policy: {stats.get('licence_policy', 'unknown')}). The weights inherit the base model's "
+        "licence and the most restrictive data licence above.",
         "",
         "## Hyper-parameters",
         "",

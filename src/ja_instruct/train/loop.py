@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ja_instruct.config import save_config
+from ja_instruct.errors import UserError
 from ja_instruct.io import JsonlAppender, read_jsonl_store, write_jsonl
 from ja_instruct.train import checkpoint as ckpt
 from ja_instruct.train.export import export_final, final_is_complete
@@ -95,8 +96,6 @@ def _run(recipe, out: Path, d: Dist) -> Path:
     if latest is not None:
         state = ckpt.read_trainer_state(latest)
         if state.get("config_hash") != p.config_hash:
-            from ja_instruct.errors import UserError
-
             raise UserError(f"the checkpoints in {ckpt_root} were made with a different train config",
                             hint="Use another --out, or delete that folder to start over.")
         state = ckpt.load_checkpoint(latest, model, optimizer, scheduler, d)

@@ -117,8 +117,9 @@ def build_model(cfg: TrainConfig, model_path: str, d: Dist, dtype: torch.dtype) 
 
     # Master weights in fp32: with bf16 training, FSDP2 casts a bf16 copy for compute
     # (MixedPrecisionPolicy) or autocast does in one process; the optimiser updates fp32.
+    extra = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
     model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code,
-                                                 dtype=torch.float32, **config_overrides(cfg))
+                                                 dtype=torch.float32, **config_overrides(cfg), **extra)
     model.config.use_cache = False  # no KV cache while training (and packed masks need it off)
     if cfg.activation_checkpointing:
         # Non-reentrant checkpointing works with FSDP2 and with frozen (LoRA) inputs.

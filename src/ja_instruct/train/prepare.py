@@ -126,9 +126,11 @@ def prepare(recipe, out: Path, d: Dist) -> Prepared:
     examples = [Example(list(i), list(lab)) for i, lab in zip(tok_ds["input_ids"], tok_ds["labels"])]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
+    # Same config + same data (the data stage's fingerprint, our token counts) = same result.
+    stats = read_dataset_stats(dataset_dir)
     hashed = cfg.model_dump(mode="json", exclude=set(_NOT_HASHED))
-    chash = config_hash({"train": hashed, "seed": seed,
-                         "dataset": str(dataset_dir.resolve()), "tokens": token_stats})
+    chash = config_hash({"train": hashed, "seed": seed, "dataset": str(dataset_dir.resolve()),
+                         "fingerprint": stats.get("fingerprint"), "tokens": token_stats})
     return Prepared(cfg=cfg, seed=seed, grad_accum=grad_accum, model_path=model_path, tokenizer=tokenizer,
                     pad_id=pad_id, dataset_dir=dataset_dir, examples=examples, token_stats=token_stats,
-                    dataset_stats=read_dataset_stats(dataset_dir), config_hash=chash)
+                    dataset_stats=stats, config_hash=chash)
