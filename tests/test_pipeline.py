@@ -39,7 +39,7 @@ def write_tiny_recipe(tmp: Path, model_dir: Path, **sections) -> Path:
         "name": "tiny", "out_dir": str(tmp / "run"), "seed": 1,
         "data": {"sources": [{"name": "toy", "path": str(src), "format": "messages", "license": "CC-BY-4.0"}]},
         "train": {"model": str(model_dir), "template": "plamo", "max_length": 64, "micro_batch_size": 2,
-                  "global_batch_size": 4, "max_steps": 4, "lr": 1e-3, "save_every": 1, "tensorboard": False},
+                  "global_batch_size": 4, "epochs": 2, "max_steps": 4, "lr": 1e-3, "save_every": 1, "tensorboard": False},
         "generate": {"questions": str(qs), "max_new_tokens": 6, "temperature": 0.0,
                      "models": [{"id": "base", "path": str(model_dir), "template": "plamo", "batch_size": 4},
                                 {"id": "tuned", "path": "trained", "template": "plamo", "batch_size": 4}]},

@@ -182,11 +182,17 @@ def build_context(data: ReportData, scores: dict[str, ModelScores], pairwise: Pa
     model_meta = []
     for m in models:
         info = data.models[m]
-        gen = info.generation or {kk: v for kk, v in info.spec.items() if kk != "id"}
+        # per-question keys (category-dependent temperature aside) are not the model's settings
+        gen = {kk: v for kk, v in (info.generation or info.spec).items() if kk not in ("id", "category")}
+        lic = info.licences
+        if isinstance(lic, dict):
+            lic = "\n".join(f"{k}: {v}" for k, v in lic.items())
+        elif lic is not None and not isinstance(lic, str):
+            lic = json.dumps(lic, ensure_ascii=False)
         model_meta.append({
             "id": m, "path": info.path or "–",
             "generation": yaml.safe_dump(gen, allow_unicode=True, sort_keys=True).strip() if gen else "–",
-            "licences": json.dumps(info.licences, ensure_ascii=False, indent=1) if info.licences else None,
+            "licences": lic or None,
             "licence_source": info.licence_source,
             "licence_note": "not a model trained by this run (no dataset stats found)" if not info.licences else "",
             "card": info.card,

@@ -77,7 +77,7 @@ def summary_md(ctx: dict, scores: dict[str, ModelScores], pairwise: Pairwise | N
         out += _md_table(["rank", "model", "rating", f"{ctx['ci_pct']}% CI", "wins", "ties", "losses"],
                          [[i, r["model"], r["rating"], r["ci"], r["wins"], r["ties"], r["losses"]]
                           for i, r in enumerate(pw["rows"], 1)])
-    lic = [(m["id"], m["licences"].replace("\n", " ")) for m in ctx["model_meta"] if m["licences"]]
+    lic = [(m["id"], m["licences"].replace("\n", "; ")) for m in ctx["model_meta"] if m["licences"]]
     if lic:
         out += ["", "## Training-data licences", ""] + _md_table(["model", "licences"], lic)
     out += ["", "Full report with plots and every answer: index.html", ""]

@@ -119,7 +119,7 @@ def _run(recipe, out: Path, d: Dist) -> Path:
                                sum(len(p.examples[i].input_ids) for mb in mbs for r in mb for i in rows[r])],
                               dtype=torch.float64)
         d.all_reduce_sum(counts)
-        n_sup, n_tok = max(1.0, counts[0].item()), counts[1].item()
+        n_sup, n_tok = counts[0].item(), counts[1].item()
         loss_sum = torch.zeros((), dtype=torch.float64)
         for k, batch in enumerate(micro):
             batch = {name: t.to(d.device) for name, t in batch.items()}
@@ -132,10 +132,10 @@ def _run(recipe, out: Path, d: Dist) -> Path:
             tok_loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(),
                                        ignore_index=IGNORE_INDEX, reduction="sum")
             # FSDP averages gradients over ranks; x world size turns that average into the sum.
-            (tok_loss * (d.world_size / n_sup)).backward()
+            (tok_loss * (d.world_size / max(n_sup, 1.0))).backward()
             loss_sum += tok_loss.detach().double().cpu()
             del logits, tok_loss
-        loss = d.all_reduce_sum(loss_sum).item() / n_sup
+        loss = d.all_reduce_sum(loss_sum).item() / max(n_sup, 1.0)
         grad_norm = _clip(model, cfg.grad_clip)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()

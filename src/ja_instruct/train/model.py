@@ -43,9 +43,12 @@ class Dist:
             dist.barrier()
 
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        """Sum a tensor over ranks (no-op in one process)."""
+        """Sum a tensor over ranks, in place (no-op in one process). NCCL reduces device tensors
+        only, so the tensor travels to this rank's device and back."""
         if self.enabled:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            x = t.to(self.device)
+            dist.all_reduce(x, op=dist.ReduceOp.SUM)
+            t.copy_(x)
         return t
 
 
