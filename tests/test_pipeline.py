@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -61,7 +62,9 @@ def _mtimes(root: Path) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_pipeline_killed_in_training_resumes_then_does_nothing(tmp_path, tiny_model_dir, capsys):
+def test_pipeline_killed_in_training_resumes_then_does_nothing(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    # the CLI's logging.basicConfig must bind to this test's captured stderr, not an earlier test's
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
     recipe = write_tiny_recipe(tmp_path, tiny_model_dir)
     root = tmp_path / "run"
     # 1. killed (SIGKILL) right after training step 2: data is done, training has a checkpoint
