@@ -104,8 +104,9 @@ def test_pipeline_killed_in_training_resumes_then_does_nothing(tmp_path, tiny_mo
     assert _mtimes(root) == before
 
 
-def test_absent_sections_are_skipped_and_changes_rerun_only_downstream(tmp_path, capsys):
+def test_absent_sections_are_skipped_and_changes_rerun_only_downstream(tmp_path, capsys, monkeypatch):
     """judge + report only, on answers already there (fake judge, no model): cheap."""
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # see the first test
     answers = tmp_path / "run" / "answers"
     answers.mkdir(parents=True)
     qs = tmp_path / "questions.jsonl"
@@ -140,7 +141,8 @@ def test_absent_sections_are_skipped_and_changes_rerun_only_downstream(tmp_path,
     assert capsys.readouterr().out.strip().splitlines()[-1] == "report: none (the recipe has no 'report' section)"
 
 
-def test_run_user_errors_are_one_line(tmp_path, capsys):
+def test_run_user_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # see the first test
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nrepot: {}\n", encoding="utf-8")
     assert main(["run", str(bad)]) == 2

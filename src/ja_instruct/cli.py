@@ -56,21 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in COMMANDS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:  # a real missing dependency, not an unbuilt stage
-                raise
-            continue  # a stage that is not built yet is absent, not a stub
-        mod.register(sub)
+        importlib.import_module(module).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # force=True: bind the handler to the current sys.stderr on every call (tests and
+    # the pipeline call main() repeatedly in one process).
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(message)s", stream=sys.stderr)
+                        format="%(message)s", stream=sys.stderr, force=True)
     try:
         rc = args.func(args)
     except UserError as e:

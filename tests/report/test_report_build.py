@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import logging
 import re
 
 import pytest
@@ -73,7 +74,9 @@ def test_scores_health_and_metadata(synthetic_report):
     assert "fake-judge" in html and "single-ja@1" in html
 
 
-def test_cli_report_and_user_errors(synthetic_run, tmp_path, capsys):
+def test_cli_report_and_user_errors(synthetic_run, tmp_path, capsys, monkeypatch):
+    # main() calls logging.basicConfig: keep its handler (bound to this test's capture) out of later tests
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
     out = tmp_path / "cli-report"
     assert main(["report", str(synthetic_run["judge"]), "--out", str(out), "--title", "CLI",
                  "--set", "report.bootstrap=100", "--set", "plot_format=svg"]) == 0

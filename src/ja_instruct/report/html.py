@@ -23,7 +23,7 @@ from ja_instruct.report.config import ReportConfig
 from ja_instruct.report.load import ReportData
 from ja_instruct.report.stats import ModelScores, Pairwise, turn_flags
 
-DEMO_BACKENDS = {"hf": "a small local model scoring answers by token log-probabilities (judge backend `hf`)",
+DEMO_BACKENDS = {"hf": "a small local model scoring answers by token log-probabilities (judge backend 'hf')",
                  "fake": "the fake judge (deterministic pseudo-scores for tests; no model)"}
 
 
@@ -83,7 +83,8 @@ def _side_by_side(data: ReportData, models: list[str], cfg: ReportConfig) -> tup
         cells = []
         for m in models:
             ans = data.answers.get(m, {}).get(qid)
-            turns = list((ans or {}).get("choices", [{}])[0].get("turns", [])) if ans else []
+            choices = (ans or {}).get("choices") or [{}]
+            turns = [str(t) for t in (choices[0].get("turns") or [])]
             health = (ans or {}).get("health") or []
             n_turns = max(len(turns), max((t for (mm, qq, t) in single if mm == m and qq == qid), default=0))
             cell = []

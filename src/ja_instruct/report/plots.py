@@ -118,7 +118,7 @@ def histograms(models: list[str], scores: list[list[float]], fmt="png", dpi=110)
         cols = min(n, 4)
         rows = (n + cols - 1) // cols
         fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False,
-                                 sharex=True, sharey=True)
+                                 sharex=True, sharey=True, layout="constrained")  # room for sup labels
         bins = np.arange(0.5, 11.5, 1.0)
         for i, ax in enumerate(axes.flat):
             if i >= n:
