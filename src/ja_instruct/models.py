@@ -101,25 +101,26 @@ def resolve_model(name_or_path: str) -> str:
     return s  # a hub id
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, **kwargs: Any):
-    """``AutoTokenizer.from_pretrained`` on a resolved model; hub failures become a `UserError`."""
-    from transformers import AutoTokenizer
-
+def _from_pretrained(auto_cls, what: str, name_or_path: str, **kwargs: Any):
+    """``auto_cls.from_pretrained`` on a resolved model; hub failures become a `UserError`."""
     path = resolve_model(name_or_path)
     try:
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+        return auto_cls.from_pretrained(path, **kwargs)
     except OSError as e:
-        raise UserError(f"cannot load tokenizer '{name_or_path}': {str(e).splitlines()[0]}",
+        raise UserError(f"cannot load {what} '{name_or_path}': {str(e).splitlines()[0]}",
                         hint="Check the id/path; offline, the hub id must be in the local HF cache.") from None
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, **kwargs: Any):
+    """``AutoTokenizer.from_pretrained`` on a resolved model (see `resolve_model`)."""
+    from transformers import AutoTokenizer
+
+    return _from_pretrained(AutoTokenizer, "tokenizer", name_or_path, trust_remote_code=trust_remote_code, **kwargs)
 
 
 def load_causal_lm(name_or_path: str, trust_remote_code: bool = False, **kwargs: Any):
-    """``AutoModelForCausalLM.from_pretrained`` on a resolved model; hub failures become a `UserError`."""
+    """``AutoModelForCausalLM.from_pretrained`` on a resolved model (see `resolve_model`)."""
     from transformers import AutoModelForCausalLM
 
-    path = resolve_model(name_or_path)
-    try:
-        return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
-    except OSError as e:
-        raise UserError(f"cannot load model '{name_or_path}': {str(e).splitlines()[0]}",
-                        hint="Check the id/path; offline, the hub id must be in the local HF cache.") from None
+    return _from_pretrained(AutoModelForCausalLM, "model", name_or_path, trust_remote_code=trust_remote_code,
+                            **kwargs)

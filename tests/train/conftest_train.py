@@ -59,22 +59,6 @@ def write_recipe(path: Path, model_dir: Path, dataset_dir: Path, out_dir: Path, 
     return path
 
 
-def build_llama(out_dir: Path, tokenizer, seed: int = 0, **overrides) -> Path:
-    """A 2-layer, hidden-64 Llama + tokenizer as a HF folder (like tests/conftest.py's, with overrides)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-               pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
-    cfg.update(overrides)
-    LlamaForCausalLM(LlamaConfig(**cfg)).save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return Path(out_dir)
-
-
 def read_metrics(path: Path) -> dict[int, dict]:
     """metrics.jsonl as {step: record}."""
     import json

@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from conftest_train import build_llama, read_metrics, write_recipe
+from conftest_train import read_metrics, write_recipe
+from tiny import build_tiny_llama as build_llama
 
 
 def _torchrun(recipe, env_extra=None):

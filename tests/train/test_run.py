@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from conftest_train import build_llama, read_metrics, write_recipe
+from conftest_train import read_metrics, write_recipe
+from tiny import build_tiny_llama as build_llama
 from ja_instruct.recipe import load_recipe
 from ja_instruct.train import run_training
 
