@@ -83,7 +83,7 @@ def test_pipeline_killed_in_training_resumes_then_does_nothing(tmp_path, tiny_mo
     lines = out.out.strip().splitlines()
     assert any(line.startswith("[1/5] data     complete (skipped") for line in lines)
     for stage in ("train", "generate", "judge", "report"):
-        assert any(line.startswith(f"[") and f"] {stage:<8} done in" in line for line in lines), (stage, out.out)
+        assert any(line.startswith("[") and f"] {stage:<8} done in" in line for line in lines), (stage, out.out)
     assert "resumed from step" in out.err
     assert lines[-1] == f"report: {root / 'report' / 'index.html'}"
     for m in ("base", "tuned"):

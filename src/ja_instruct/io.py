@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -38,6 +39,13 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """A short sha256 of a JSON-able value, stable across runs (sorted keys): the identity of
+    configs, inputs and cache entries that decides whether work can be skipped."""
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:length]
 
 
 def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:

@@ -19,14 +19,12 @@ the killed stage has no entry in ``pipeline.json`` and resumes from its own stat
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ja_instruct.io import read_json, write_json
+from ja_instruct.io import read_json, stable_hash, write_json
 
 STATE_FILE = "pipeline.json"
 
@@ -82,7 +80,7 @@ def stage_fingerprint(recipe, stage: str, upstream: str) -> str:
     section = getattr(recipe, stage)
     payload = {"stage": stage, "section": section.model_dump(mode="json") if section is not None else None,
                "name": recipe.name, "seed": recipe.seed, "root": str(recipe.root), "upstream": upstream}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+    return stable_hash(payload)
 
 
 def _load_state(path: Path) -> dict:

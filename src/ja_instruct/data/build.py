@@ -16,7 +16,6 @@ is complete, and a second build skips it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -33,7 +32,7 @@ from ja_instruct.data.mix import apply_weight, check_licence_policy, shuffle
 from ja_instruct.data.records import SourceStats, check_paths, expand_answers, is_local
 from ja_instruct.data.sources import read_source
 from ja_instruct.errors import UserError
-from ja_instruct.io import write_json, write_text
+from ja_instruct.io import stable_hash, write_json, write_text
 
 FORMAT_VERSION = 1
 
@@ -62,9 +61,8 @@ def _input_files(cfg: DataConfig) -> list[Path]:
 def fingerprint(cfg: DataConfig, seed: int) -> str:
     """Hash of the resolved config, the seed and the local input files (path, size, mtime)."""
     inputs = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in _input_files(cfg)]
-    blob = json.dumps({"version": FORMAT_VERSION, "config": cfg.model_dump(mode="json"), "seed": seed,
-                       "inputs": inputs}, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return stable_hash({"version": FORMAT_VERSION, "config": cfg.model_dump(mode="json"), "seed": seed,
+                        "inputs": inputs})
 
 
 def is_complete(out_dir: str | Path, fp: str | None = None) -> bool:

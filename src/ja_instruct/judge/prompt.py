@@ -217,7 +217,7 @@ class PromptSet:
                             f"(looked for {[self.names[r] for r in roles]})", field="judge.judge_prompt_names",
                             hint="Map the role to a prompt name in judge_prompt_names, or restrict judge.turns.")
         family = self.family or ("single-ja" if kind == "single" else "pair-ja")
-        for suffix in ([f"-ref-multi", "-multi"] if multi and ref else ["-multi"] if multi else
+        for suffix in (["-ref-multi", "-multi"] if multi and ref else ["-multi"] if multi else
                        ["-ref", ""] if ref else [""]):
             p = self._ours(family + suffix)
             if p is not None:

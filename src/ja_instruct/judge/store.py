@@ -9,22 +9,20 @@ judged again with ``retry_parse_errors``), the last record wins.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
-from ja_instruct.io import JsonlAppender, read_jsonl_store
+from ja_instruct.io import JsonlAppender, read_jsonl_store, stable_hash
 
 
 def text_hash(obj: object) -> str:
     """Short sha256 of any JSON-able value (question turns, answers...)."""
-    return hashlib.sha256(json.dumps(obj, ensure_ascii=False, sort_keys=True).encode()).hexdigest()[:16]
+    return stable_hash(obj)
 
 
 def make_key(**parts: object) -> str:
     """The cache key of one judgment: hash of question id + question text hash, answer hash(es),
     model ids, judge model, prompt name@version, sampling params, turn, order and repeat index."""
-    return hashlib.sha256(json.dumps(parts, ensure_ascii=False, sort_keys=True).encode()).hexdigest()[:32]
+    return stable_hash(parts, length=32)
 
 
 class JudgmentStore:

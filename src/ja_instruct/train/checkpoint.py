@@ -20,7 +20,6 @@ can be resumed with another number of ranks (DCP reshards on load).
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 import warnings
@@ -30,7 +29,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from ja_instruct.io import write_text
+from ja_instruct.io import stable_hash, write_text
 from ja_instruct.train.model import Dist
 
 LATEST = "latest"
@@ -131,6 +130,4 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
 
 def config_hash(obj: dict) -> str:
     """A short stable hash of the settings that change the result of training."""
-    import hashlib
-
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return stable_hash(obj)
