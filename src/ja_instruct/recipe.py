@@ -51,9 +51,18 @@ class Recipe(StrictModel):
         """The resolved output root."""
         return self.out_dir if self.out_dir is not None else Path("runs") / self.name
 
+    @property
+    def layout(self):
+        """The run's `ja_instruct.manifest.RunLayout`: every stage's output folder, computed once
+        (registered ``--out`` folders included)."""
+        from ja_instruct.manifest import RunLayout
+
+        return RunLayout(self.root)
+
     def stage_dir(self, stage: str) -> Path:
-        """Default output folder of a stage (``<root>/<stage>``)."""
-        return self.root / stage
+        """Output folder of a stage (``data``, ``train``, ``generate``/``answers``, ``judge``, ``report``),
+        as the run layout resolves it."""
+        return self.layout.stage_dir("generate" if stage == "answers" else stage)
 
     def require(self, stage: str):
         """The config section of ``stage``; a clear error if the recipe lacks it."""
