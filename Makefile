@@ -38,9 +38,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(TEST_ARGS)
 
-# regenerate the README's recipe reference from the configs' docstrings
+# regenerate the recipe reference (docs/recipes.md) from the configs' docstrings
 docs: $(STAMP)
-	$(PY) -m ja_instruct.config --write README.md
+	$(PY) -m ja_instruct.config --write docs/recipes.md
 
 clean:
 	rm -rf $(VENV) runs .cache

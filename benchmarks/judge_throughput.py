@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     sys.path.insert(0, str(REPO / "src"))
-    from ja_instruct.judge.loopback import LoopbackJudgeServer
+    from ja_instruct.testing.loopback import LoopbackJudgeServer
 
     with tempfile.TemporaryDirectory() as d, LoopbackJudgeServer(delay=args.delay) as srv:
         tmp = Path(d)

@@ -233,7 +233,9 @@ def fsdp_worker(model_dir: str, out: str) -> None:
     import torch
 
     from ja_instruct.train.config import TrainConfig
-    from ja_instruct.train.model import build_model as build, build_optimizer, setup_distributed
+    from ja_instruct.train.distributed import setup_distributed
+    from ja_instruct.train.model import build_model as build
+    from ja_instruct.train.optim import build_optimizer
 
     torch.set_num_threads(1)
     d = setup_distributed()

@@ -22,6 +22,15 @@ def test_missing_path_and_non_model_dir(tmp_path):
         resolve_model(str(tmp_path))
 
 
+def test_missing_relative_model_path_is_not_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    for path in ("runs/demo", "runs/demo/train/final", "./final"):  # e.g. before training wrote it
+        with pytest.raises(UserError, match="does not exist"):
+            resolve_model(path)
+    assert resolve_model("llm-jp/llm-jp-13b") == "llm-jp/llm-jp-13b"
+
+
 def test_offline_hub_id_is_a_clear_error():
     with pytest.raises(UserError, match="cannot load model"):
         load_causal_lm("no-such-org/no-such-model")

@@ -5,10 +5,11 @@ Each stage has one pydantic config class (``ja_instruct.<stage>.config``); the
 knows how to:
 
 * load a recipe YAML strictly: an unknown key is an error naming the key, the
-  file, its line and the closest valid key;
+  file, its line and the closest valid key; a key given twice in one mapping
+  (two ``data:`` sections) is an error naming both lines, not a silent overwrite;
 * apply ``--set section.key=value`` overrides (values parsed as YAML);
-* describe every key with its docstring, for ``--help`` and the README's recipe
-  reference (``python -m ja_instruct.config`` prints it);
+* describe every key with its docstring, for ``--help`` and the recipe reference
+  ``docs/recipes.md`` (``make docs``; ``python -m ja_instruct.config`` prints it);
 * save the resolved config beside an output.
 
 Paths starting with ``embedded:`` name files shipped inside the package
@@ -48,7 +49,58 @@ def resolve_path(path: str | Path) -> Path:
     return Path(s).expanduser()
 
 
+# Suffixes of data files: a recipe string ending in one names a local file, never a hub
+# repository (hub ids are ``owner/name`` and do not end like files).
+FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".tsv", ".txt", ".arrow",
+                 ".gz", ".bz2", ".xz", ".zst", ".zip")
+
+
+def looks_local(path: str, suffixes: tuple[str, ...] = FILE_SUFFIXES) -> bool:
+    """Whether a recipe string names a local file or folder rather than a hub id.
+
+    Local: ``embedded:``, ``/``, ``./``, ``../``, ``~``; a name ending in one of
+    ``suffixes``; anything that exists; more than one ``/`` (hub ids have one); or
+    ``first/rest`` whose ``first`` is an existing local folder. So ``data/mine.jsonl`` or
+    ``runs/x/final`` that do not exist are reported as missing files instead of being
+    looked up on the hub, while ``owner/name`` stays a hub id.
+    """
+    s = str(path)
+    if s.startswith((EMBEDDED_PREFIX, "/", "./", "../", "~")) or s in (".", ".."):
+        return True
+    if s.lower().endswith(suffixes) or Path(s).exists():
+        return True
+    parts = s.replace("\\", "/").split("/")
+    return len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir())
+
+
 # --------------------------------------------------------------------------- loading
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(key)
+        self.key, self.first, self.second = key, first, second
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping: plain PyYAML keeps the
+    last one, so a second ``data:`` section would silently replace the first. Merge keys
+    (``<<: *base``) may still be overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, seen[key], line)
+                seen[key] = line
+            except TypeError:  # unhashable: SafeConstructor reports it below
+                pass
+        return super().construct_mapping(node, deep=deep)
+
 
 def _yaml_lines(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
     """Map each key path in a composed YAML tree to its 1-based line number."""
@@ -119,9 +171,23 @@ def validation_to_user_error(err: ValidationError, model: type[BaseModel], file:
         return UserError("required key is missing", file=file, line=line, field=field,
                          hint="Add it (see `ja-instruct <stage> --help` for every key).")
     msg = e["msg"]
-    if "input" in e and not isinstance(e["input"], (dict, list)):
+    if "input" in e and not isinstance(e["input"], (dict, list)) and not _is_secret(e, loc):
         msg += f" (got {e['input']!r})"
     return UserError(msg, file=file, line=line, field=field, hint="Fix the value in the recipe or --set.")
+
+
+_SECRET_WORDS = ("key", "token", "secret", "password")
+
+
+def _is_secret(error: dict, loc: tuple) -> bool:
+    """Whether echoing the input of this pydantic error could print a secret: the validator
+    said so (`ja_instruct.secrets.SecretInConfigError`), or a key on its path is named like
+    one (``api_key_env``, ``hf_token``...). Such values are never shown back."""
+    from ja_instruct.secrets import SecretInConfigError
+
+    if isinstance((error.get("ctx") or {}).get("error"), SecretInConfigError):
+        return True
+    return any(isinstance(p, str) and any(w in p.lower() for w in _SECRET_WORDS) for p in loc)
 
 
 def parse_override(item: str) -> tuple[list[str | int], Any]:
@@ -161,26 +227,36 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def load_yaml(path: str | Path) -> tuple[dict, dict[tuple, int]]:
-    """Read a YAML mapping and the line of every key; errors name file and line."""
+    """Read a YAML mapping and the line of every key; errors (bad syntax, a key given twice)
+    name file and line. A UTF-8 byte-order mark is accepted."""
     path = Path(path)
     if not path.is_file():
         raise UserError("recipe not found", file=path, hint="Check the path (recipes live in recipes/).")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise UserError("recipe is not valid UTF-8", file=path, hint="Re-save it as UTF-8.") from None
-    try:
-        node = yaml.compose(text)
-        raw = yaml.safe_load(text)
+    loader = UniqueKeyLoader(text)
+    try:  # compose once, then build the data from the same tree: one parse gives values and lines
+        node = loader.get_single_node()
+        lines = _yaml_lines(node) if node is not None else {}
+        raw = loader.construct_document(node) if node is not None else None
+    except _DuplicateKey as d:
+        where = [k for k, n in lines.items() if n == d.second and k and k[-1] == d.key]
+        raise UserError(f"key '{d.key}' is given twice (lines {d.first} and {d.second})", file=path,
+                        line=d.second, field=format_loc(where[0]) if where else str(d.key),
+                        hint="Keep one of them: YAML would silently use only the last.") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise UserError(f"invalid YAML: {getattr(e, 'problem', e)}", file=path,
                         line=mark.line + 1 if mark else None, hint="Fix the YAML syntax.") from None
+    finally:
+        loader.dispose()
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise UserError("a recipe must be a YAML mapping of sections", file=path, line=1)
-    return raw, (_yaml_lines(node) if node is not None else {})
+    return raw, lines
 
 
 def load_config(model: type[M], path: str | Path | None, overrides: list[str] | None = None,
@@ -260,7 +336,8 @@ def help_epilog(model: type[BaseModel], section: str) -> str:
 
 
 def reference_markdown() -> str:
-    """The README's recipe reference, generated from the configs' docstrings."""
+    """The recipe-key table (every key, type, default, meaning), generated from the configs'
+    docstrings."""
     from ja_instruct.recipe import Recipe
 
     out = ["| key | type | default | meaning |", "|---|---|---|---|"]
@@ -270,23 +347,30 @@ def reference_markdown() -> str:
     return "\n".join(out) + "\n"
 
 
-REF_START, REF_END = "<!-- recipe-reference:start -->", "<!-- recipe-reference:end -->"
+DOCS_PAGE = "docs/recipes.md"
 
 
-def update_readme(path: str | Path) -> None:
-    """Rewrite the recipe reference between the README's markers (``make docs``)."""
+def reference_page() -> str:
+    """The whole of ``docs/recipes.md``: a generated-file header, a title and the table."""
+    return ("<!-- Generated by `make docs` (python -m ja_instruct.config --write docs/recipes.md) "
+            "from the configs' docstrings; do not edit by hand. -->\n"
+            "# Recipe reference\n\n"
+            "Every key of a recipe. The same text is shown by `ja-instruct <stage> --help`; "
+            "set a key in the YAML or with `--set section.key=value`.\n\n" + reference_markdown())
+
+
+def write_reference(path: str | Path = DOCS_PAGE) -> Path:
+    """Write the recipe reference page (``make docs``)."""
     from ja_instruct.io import write_text
 
-    text = Path(path).read_text(encoding="utf-8")
-    head, rest = text.split(REF_START, 1)
-    _, tail = rest.split(REF_END, 1)
-    write_text(path, f"{head}{REF_START}\n{reference_markdown()}{REF_END}{tail}")
+    write_text(path, reference_page())
+    return Path(path)
 
 
 if __name__ == "__main__":
     import sys
 
     if len(sys.argv) == 3 and sys.argv[1] == "--write":
-        update_readme(sys.argv[2])
+        write_reference(sys.argv[2])
     else:
         print(reference_markdown(), end="")

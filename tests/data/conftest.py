@@ -22,8 +22,9 @@ def write_recipe(tmp_path):
 
     def write(sources: list[dict], name: str = "recipe.yaml", seed: int = 0, **data) -> Path:
         path = tmp_path / name
-        path.write_text(yaml.safe_dump({"name": "t", "seed": seed, "data": {"sources": sources, **data}},
-                                       allow_unicode=True), encoding="utf-8")
+        # out_dir inside tmp_path: an explicit --out is registered in <out_dir>/layout.json
+        recipe = {"name": "t", "seed": seed, "out_dir": str(tmp_path / "run"), "data": {"sources": sources, **data}}
+        path.write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
         return path
 
     return write

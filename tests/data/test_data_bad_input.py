@@ -120,3 +120,38 @@ def test_recipe_mistakes(tmp_path, capsys, write_recipe, source, data_assets):
     assert "contradictory" in err
     err = run_fails(capsys, tmp_path, write_recipe([source("a", data_assets / "alpaca.jsonl", "alpaca")] * 2))
     assert "two sources are named 'a'" in err
+
+
+def test_deeply_nested_json_is_one_line_error(tmp_path, capsys, write_recipe, source):
+    f = write_lines(tmp_path / "deep.jsonl", [GOOD, "[" * 100000])
+    err = run_fails(capsys, tmp_path, write_recipe([source("a", f, "alpaca")]))
+    assert f"{f}, line 2" in err and "nested too deeply" in err
+    deep = tmp_path / "deep.json"
+    deep.write_text("[\n" + "[" * 100000 + "\n]", encoding="utf-8")
+    err = run_fails(capsys, tmp_path, write_recipe([source("a", deep, "alpaca")]))
+    assert f"{deep}, line 2" in err and "nested too deeply" in err
+
+
+def test_duplicate_recipe_section_names_both_lines(tmp_path, capsys, data_assets):
+    recipe = tmp_path / "dup.yaml"
+    src = f"  sources: [{{name: a, path: '{data_assets / 'alpaca.jsonl'}', format: alpaca, license: MIT}}]\n"
+    recipe.write_text("name: t\ndata:\n" + src + "seed: 1\ndata:\n" + src.replace("name: a", "name: b"),
+                      encoding="utf-8")
+    err = run_fails(capsys, tmp_path, recipe)
+    assert "dup.yaml, line 5" in err and "'data'" in err and "lines 2 and 5" in err
+
+
+def test_utf8_bom_files_load(tmp_path, capsys, source, data_assets):
+    bom = b"\xef\xbb\xbf"
+    jl = tmp_path / "bom.jsonl"
+    jl.write_bytes(bom + (data_assets / "alpaca.jsonl").read_bytes())
+    js = tmp_path / "bom.json"
+    js.write_bytes(bom + json.dumps([{"instruction": "東京は？", "output": "首都です。"}],
+                                    ensure_ascii=False).encode("utf-8"))
+    recipe = tmp_path / "bom.yaml"
+    text = json.dumps({"out_dir": str(tmp_path / "run"), "data": {"sources": [
+        source("jl", jl, "alpaca"), source("js", js, "alpaca")]}}, ensure_ascii=False)
+    recipe.write_bytes(bom + text.encode("utf-8"))  # JSON is YAML: a BOM-prefixed recipe
+    assert main(["data", "build", str(recipe), "--out", str(tmp_path / "o")]) == 0, capsys.readouterr().err
+    stats = json.loads((tmp_path / "o" / "stats.json").read_text(encoding="utf-8"))
+    assert stats["sources"]["jl"]["rows_read"] == 6 and stats["sources"]["js"]["kept"] == 1

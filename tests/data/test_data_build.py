@@ -30,7 +30,8 @@ def test_cli_build_writes_dataset_dir(tmp_path, write_recipe, mixed, capsys):
     # per-source counts and drop reasons on the terminal
     assert "alpaca" in printed and "failed_translation 1" in printed and "duplicate 1" in printed
     assert "empty 1" in printed and "unreachable 1" in printed and "total: 7 examples" in printed
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "dataset", "stats.json", "stats.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "dataset", "manifest.json", "stats.json",
+                                                     "stats.md"]
     ds = load_dataset_dir(out)
     assert ds.column_names == ["id", "source", "license", "commercial", "messages"]
     assert len(ds) == 7 and len(set(ds["id"])) == 7

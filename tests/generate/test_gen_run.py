@@ -97,19 +97,34 @@ def test_resume_after_kill_keeps_answers_and_adds_no_duplicates(recipe_file, mon
     assert read_jsonl_store(path) == after
 
 
-def test_trained_path_and_model_filter(recipe_file, tiny_model_dir):
+def test_trained_path_uses_find_trained_model_and_model_filter(recipe_file, tiny_model_dir, tmp_path, monkeypatch):
+    import ja_instruct.train as train
+
     models = "[{id: sft, backend: hf, path: trained, template: plamo, device: cpu, batch_size: 4}, {id: fake-b, backend: fake}]"
     recipe = load_recipe(recipe_file(models, "  max_new_tokens: 4\n  limit: 3\n"))
-    with pytest.raises(UserError, match="no trained model"):
+
+    def untrained(r):
+        raise UserError("no complete trained model", field="generate.models", hint="Run `ja-instruct train RECIPE`.")
+
+    monkeypatch.setattr(train, "find_trained_model", untrained, raising=False)
+    with pytest.raises(UserError, match="no complete trained model"):
         run_generation(recipe)
+    assert not (recipe.root / "answers").exists()  # refused before anything was written
+    # A leftover <root>/train/final is NOT what `trained` means: the train stage says where its model is.
     shutil.copytree(tiny_model_dir, recipe.root / "train" / "final")
+    with pytest.raises(UserError, match="no complete trained model"):
+        run_generation(recipe)
+    elsewhere = shutil.copytree(tiny_model_dir, tmp_path / "elsewhere" / "final")
+    monkeypatch.setattr(train, "find_trained_model", lambda r: (elsewhere, "train-fp-1"), raising=False)
     with pytest.raises(UserError, match="unknown model id"):
         run_generation(recipe, models=["nope"])
     out = run_generation(recipe, models=["sft"])
     recs = read_jsonl_store(out / "sft.jsonl")
     assert len(recs) == 3 and not (out / "fake-b.jsonl").exists()
-    assert recs[0]["generation"]["model"] == str(recipe.root / "train" / "final")
+    assert {r["generation"]["model"] for r in recs} == {str(elsewhere)}
+    assert {r["fingerprint"]["model"] for r in recs} == {"train-fp-1"}
     assert all(h["n_tokens"] <= 5 for r in recs for h in r["health"])
+    assert not (out / "manifest.json").exists()  # fake-b has no answers yet: the stage is not complete
 
 
 def run_cli(monkeypatch, *argv):

@@ -1,4 +1,5 @@
-"""Helpers shared by the judge tests (imported by conftest.py and tests): small inputs, recipe writer."""
+"""Helpers shared by the judge tests (imported by conftest.py and tests): small inputs, recipe writer,
+test-only judge backends."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import json
 from pathlib import Path
 
 import yaml
+
+from ja_instruct.judge.backends import FakeBackend, JudgeReply, JudgeRequest, _unit
 
 QUESTIONS = [
     {"question_id": "q1", "category": "地理", "turns": ["四国の県を挙げてください。"]},
@@ -38,3 +41,20 @@ def write_recipe(path: Path, judge: dict, root: Path | None = None) -> Path:
     data = {"name": "jt", "out_dir": str(root or path.parent / "run"), "judge": judge}
     path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     return path
+
+
+class UnparseableFakeBackend(FakeBackend):
+    """The fake judge, but a share ``rate`` of its calls (chosen by a hash of the key and the
+    attempt, so stable across runs) answer with no score anywhere."""
+
+    rate = 0.0
+
+    @classmethod
+    def with_rate(cls, rate: float) -> type:
+        return type("UnparseableFakeBackend", (cls,), {"rate": rate})
+
+    async def judge(self, req: JudgeRequest) -> JudgeReply:
+        if _unit("e", req.key, req.attempt) < self.rate:
+            self.calls += 1
+            return JudgeReply("よく分かりませんでした。", (len(req.system) + len(req.user)) // 2, 5)
+        return await super().judge(req)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -53,8 +54,11 @@ def test_import_pair(tmp_path):
     assert pw["inconsistency"] == pytest.approx(1 / 3)  # q82: A then B -> tie + inconsistent
 
 
-def test_import_cli_and_errors(tmp_path, capsys):
+def test_import_cli_and_errors(tmp_path, capsys, monkeypatch):
     from ja_instruct.cli import main
+
+    # main() calls logging.basicConfig: keep its handler (bound to this test's capture) out of later tests
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
 
     assert main(["judge", "import", str(ASSETS / "gpt-4_pair.jsonl"), "--out", str(tmp_path / "o"),
                  "--bootstrap", "0"]) == 0
@@ -65,3 +69,31 @@ def test_import_cli_and_errors(tmp_path, capsys):
     assert "not a FastChat single judgment" in capsys.readouterr().err
     with pytest.raises(UserError, match="mixed"):
         import_fastchat([ASSETS / "gpt-4_pair.jsonl", ASSETS / "gpt-4_single.jsonl"], tmp_path / "q")
+
+
+def test_duplicate_rows_are_reported_and_not_counted_as_repeats(tmp_path, caplog):
+    lines = (ASSETS / "gpt-4_single.jsonl").read_text(encoding="utf-8").splitlines()
+    # the file concatenated with itself minus its first row, e.g. a re-run appended to the same file
+    doubled = tmp_path / "twice_single.jsonl"
+    doubled.write_text("\n".join(lines + lines[1:]) + "\n", encoding="utf-8")
+    out = import_fastchat([doubled], tmp_path / "imp", bootstrap=0)
+    recs = read_jsonl(out / "judgments.jsonl")
+    assert len(recs) == len(lines)  # the first of each kept
+    assert [r["source"] for r in recs] == [f"{doubled}:{i}" for i in range(1, len(lines) + 1)]
+    summ = json.loads((out / "summary.json").read_text())
+    assert summ["import"]["duplicates"] == len(lines) - 1
+    assert all(m["repeat_std"] is None for m in summ["models"].values())
+    plain = import_fastchat([ASSETS / "gpt-4_single.jsonl"], tmp_path / "plain", bootstrap=0)
+    assert summ["models"] == json.loads((plain / "summary.json").read_text())["models"]  # same n, means
+    msg = next(r.getMessage() for r in caplog.records if "duplicate" in r.getMessage())
+    assert f"{len(lines) - 1} duplicate judgment(s)" in msg and f"{doubled}:{len(lines) + 1}" in msg
+
+    # a pair row repeated with its two models swapped holds the same two ordered games
+    row = json.loads((ASSETS / "gpt-4_pair.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    swapped = dict(row, model_1=row["model_2"], model_2=row["model_1"], g1_judgment=row["g2_judgment"],
+                   g2_judgment=row["g1_judgment"])
+    pair = tmp_path / "pair.jsonl"
+    pair.write_text(json.dumps(row) + "\n" + json.dumps(swapped) + "\n", encoding="utf-8")
+    out = import_fastchat([pair], tmp_path / "imp2", bootstrap=0)
+    assert len(read_jsonl(out / "judgments.jsonl")) == 2
+    assert json.loads((out / "summary.json").read_text())["import"]["duplicates"] == 2

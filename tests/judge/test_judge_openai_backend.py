@@ -8,7 +8,7 @@ import pytest
 
 from ja_instruct.errors import UserError
 from ja_instruct.io import read_jsonl
-from ja_instruct.judge.loopback import LoopbackJudgeServer
+from ja_instruct.testing.loopback import LoopbackJudgeServer
 from ja_instruct.judge.run import run_judging
 
 

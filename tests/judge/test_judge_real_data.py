@@ -12,7 +12,7 @@ from judge_helpers import write_recipe
 def _recipe(tmp_path, judge):
     from ja_instruct.recipe import load_recipe
 
-    return load_recipe(write_recipe(tmp_path / "recipe.yaml", judge))
+    return load_recipe(write_recipe(tmp_path / "recipe.yaml", dict(judge, backend={"backend": "fake"})))
 
 
 def test_rakuda_15_models_single_fake_judge(shared_data, tmp_path):

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from ja_instruct.io import read_jsonl, read_jsonl_store
-from ja_instruct.judge.loopback import LoopbackJudgeServer
+from ja_instruct.testing.loopback import LoopbackJudgeServer
 from ja_instruct.judge.run import run_judging
 
 from judge_helpers import write_recipe

@@ -40,19 +40,46 @@ def test_single_mode_outputs(make_recipe, tmp_path):
     assert summ["run"]["judged"] == 18 and summ["run"]["calls"] == 18
 
 
-def test_cached_rerun_makes_no_calls_and_changes_nothing(make_recipe, tmp_path):
+def _snapshot(folder):
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.iterdir())}
+
+
+def test_unchanged_rerun_does_nothing_and_cache_hits_make_no_calls(make_recipe, tmp_path, caplog, monkeypatch):
+    import logging
+
+    from ja_instruct.judge import backends
+
     recipe = make_recipe()
     out = run_judging(recipe, tmp_path / "j", progress=False)
+    assert (out / "manifest.json").is_file()
     first = (out / "judgments.jsonl").read_text(encoding="utf-8")
-    run_judging(recipe, tmp_path / "j", progress=False)
+    before = _snapshot(out)
+
+    def no_backend(cfg):
+        raise AssertionError("an up-to-date judge stage must not create a backend (or load a model)")
+
+    with monkeypatch.context() as m, caplog.at_level(logging.INFO, logger="ja_instruct.judge.run"):
+        m.setattr(backends, "make_backend", no_backend)
+        run_judging(recipe, tmp_path / "j", progress=False)
+    assert "judge: up to date" in caplog.text
+    assert _snapshot(out) == before  # nothing rewritten, nothing created (no lock file either)
+
+    # without the manifest (e.g. the run was killed after judging), the cache answers everything
+    (out / "manifest.json").unlink()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ja_instruct.judge.run"):
+        run_judging(recipe, tmp_path / "j", progress=False)
+    assert "no complete output yet" in caplog.text
     recs, summ = _load(out)
     assert summ["run"]["calls"] == 0 and summ["run"]["cached"] == 18
     assert (out / "judgments.jsonl").read_text(encoding="utf-8") == first
     assert len(read_jsonl(out / "cache.jsonl")) == 18  # nothing appended twice
+    assert (out / "manifest.json").is_file()
 
 
-def test_parse_errors_are_stored_counted_and_not_averaged(make_recipe, tmp_path):
-    recipe = make_recipe(backend={"backend": "fake", "fake_parse_error_rate": 1.0, "parse_retries": 2})
+def test_parse_errors_are_stored_counted_and_not_averaged(make_recipe, unparseable_judge, tmp_path):
+    unparseable_judge(1.0)
+    recipe = make_recipe(backend={"backend": "fake", "parse_retries": 2})
     out = run_judging(recipe, tmp_path / "j", progress=False)
     recs, summ = _load(out)
     assert len(recs) == 18 and all(r["status"] == "parse_error" and r["score"] is None for r in recs)
@@ -62,8 +89,9 @@ def test_parse_errors_are_stored_counted_and_not_averaged(make_recipe, tmp_path)
     assert summ["run"]["calls"] == 54 and summ["run"]["parse_retries"] == 36
 
 
-def test_partial_parse_errors_and_retry_on_rerun(make_recipe, tmp_path):
-    recipe = make_recipe(backend={"backend": "fake", "fake_parse_error_rate": 0.5, "parse_retries": 0})
+def test_partial_parse_errors_and_retry_on_rerun(make_recipe, unparseable_judge, tmp_path):
+    unparseable_judge(0.5)
+    recipe = make_recipe(backend={"backend": "fake", "parse_retries": 0})
     out = run_judging(recipe, tmp_path / "j", progress=False)
     recs, summ = _load(out)
     bad = [r for r in recs if r["status"] == "parse_error"]
@@ -73,8 +101,7 @@ def test_partial_parse_errors_and_retry_on_rerun(make_recipe, tmp_path):
     assert sum(b["n"] for b in m.values()) == 18 - len(bad)
     # a re-run with retry_parse_errors judges only those again (the fake answers differently now? no:
     # same attempt index -> same outcome), so the count of calls equals the number of parse errors
-    recipe2 = make_recipe(backend={"backend": "fake", "fake_parse_error_rate": 0.5, "parse_retries": 0},
-                          retry_parse_errors=True)
+    recipe2 = make_recipe(backend={"backend": "fake", "parse_retries": 0}, retry_parse_errors=True)
     run_judging(recipe2, tmp_path / "j", progress=False)
     _, summ2 = _load(out)
     assert summ2["run"]["calls"] == len(bad) and summ2["run"]["cached"] == 18 - len(bad)

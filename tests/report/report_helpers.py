@@ -32,8 +32,11 @@ def fake_score(model: str, qid: str, turn: int, text: str, bias: float = 0.0) ->
 
 def write_judge_dir(judge_dir: Path, answers_dir: Path, questions: Path, models: list[str],
                     pairwise: bool = False, parse_error_every: int = 0, judge: str = "fake-judge",
-                    backend: str = "fake", bias: dict[str, float] | None = None) -> Path:
-    """Write judgments.jsonl/summary.json/config.yaml judging ``models``' answers like the judge stage."""
+                    backend: str = "fake", bias: dict[str, float] | None = None, error_every: int = 0) -> Path:
+    """Write judgments.jsonl/summary.json/config.yaml judging ``models``' answers like the judge stage.
+
+    Every ``parse_error_every``-th single judgment is a parse error, every ``error_every``-th one
+    a refused judge call (``status: error`` with a message)."""
     bias = bias or {}
     qs = {}
     for line in questions.read_text(encoding="utf-8").splitlines():
@@ -54,13 +57,18 @@ def write_judge_dir(judge_dir: Path, answers_dir: Path, questions: Path, models:
             for t, text in enumerate(answers[m].get(qid, []), 1):
                 n += 1
                 err = parse_error_every and n % parse_error_every == 0
-                score = None if err else fake_score(m, qid, t, text, bias.get(m, 0.0))
-                recs.append({"mode": "single", "question_id": qid, "category": q.get("category"), "turn": t,
-                             "model": m, "model_a": None, "model_b": None, "judge": judge,
-                             "prompt": "single-ja@1", "score": score, "verdict": None,
-                             "status": "parse_error" if err else "ok",
-                             "text": "unparseable" if err else f"回答の評価です。長さ {len(text)} 文字。評価：[[{score:g}]]",
-                             "repeat": 0, "key": f"s-{m}-{qid}-{t}", "usage": {"prompt_tokens": 0, "completion_tokens": 0}})
+                refused = not err and error_every and n % error_every == 0
+                score = None if err or refused else fake_score(m, qid, t, text, bias.get(m, 0.0))
+                rec = {"mode": "single", "question_id": qid, "category": q.get("category"), "turn": t,
+                       "model": m, "model_a": None, "model_b": None, "judge": judge,
+                       "prompt": "single-ja@1", "score": score, "verdict": None,
+                       "status": "parse_error" if err else "error" if refused else "ok",
+                       "text": "unparseable" if err else "" if refused else
+                       f"回答の評価です。長さ {len(text)} 文字。評価：[[{score:g}]]",
+                       "repeat": 0, "key": f"s-{m}-{qid}-{t}", "usage": {"prompt_tokens": 0, "completion_tokens": 0}}
+                if refused:
+                    rec["error"] = f"HTTP 400: maximum context length exceeded ({m} {qid} turn {t})"
+                recs.append(rec)
         if pairwise:
             for ma, mb in itertools.combinations(models, 2):
                 ta, tb = answers[ma].get(qid, [""])[0], answers[mb].get(qid, [""])[0]

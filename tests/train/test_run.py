@@ -50,8 +50,9 @@ def test_export_round_trip_loads_generates_and_carries_the_template(tmp_path, ti
     assert sorted(rec) == [1, 2, 3]
     assert set(rec[3]) >= {"step", "epoch", "loss", "lr", "tokens", "supervised_tokens", "tokens_per_s",
                            "grad_norm"}
-    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
-    assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000003"
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    (run_dir,) = (out / "checkpoints").iterdir()
+    assert (run_dir / "latest").read_text().strip() == "step_00000003"
     # Running again with the same config is a no-op (the complete final is reused).
     before = (out / "metrics.jsonl").read_text()
     assert run_training(recipe) == final

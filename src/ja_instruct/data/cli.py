@@ -16,8 +16,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build = sub.add_parser(
         "build", help="build the dataset directory of a recipe's data section",
         description="Read every source of the recipe's 'data' section, clean and de-duplicate it, check "
-                    "licences, mix by weight and write <out>/dataset (Arrow), stats.json, stats.md and "
-                    "config.yaml. An output already built from the same config is skipped.")
+                    "licences, mix by weight and write <out>/dataset (Arrow), stats.json, stats.md, "
+                    "config.yaml and manifest.json. An output already built from the same config, seed, "
+                    "input files and hub commits is up to date and left alone; otherwise the build says "
+                    "what changed. An explicit --out is registered so later stages of the recipe find it.")
     add_recipe_arguments(build, "data", DataConfig)
     build.add_argument("--on-error", choices=["raise", "skip"], default=None,
                        help="bad input rows: stop with an error (raise, default) or skip and count them")
@@ -33,4 +35,6 @@ def run_build(args: argparse.Namespace) -> int:
     cfg = recipe.require("data")
     out = args.out if args.out is not None else recipe.stage_dir("data")
     build_dataset(cfg, out, seed=recipe.seed, on_error=args.on_error, force=args.force)
+    if args.out is not None:  # later stages (train, run) then read this folder, not the default
+        recipe.layout.register("data", out)
     return 0

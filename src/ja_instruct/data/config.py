@@ -47,7 +47,10 @@ class SourceConfig(StrictModel):
     (``save_to_disk`` output or data files), ``embedded:NAME`` (a file shipped in the package),
     a `datasets` builder name used with ``data_files`` (``parquet``, ``json``), or a Hugging
     Face hub dataset id (``kunishou/databricks-dolly-15k-ja``; needs the network or the local
-    HF cache). For ``fastchat-answers`` it is the FastChat question JSONL."""
+    HF cache). A path that looks local (ends in ``.jsonl``/``.json``/``.parquet``/``.csv``...,
+    starts with ``/``, ``./``, ``~``, or is ``dir/name`` with an existing ``dir``) and does not
+    exist is a "file not found" error, never a hub lookup. For ``fastchat-answers`` it is the
+    FastChat question JSONL."""
     format: Format
     """Record format: ``alpaca`` (instruction/input/output), ``oasst`` (flat message table
     rebuilt into threads), ``messages`` (OpenAI ``messages`` or ShareGPT ``conversations``),
@@ -68,7 +71,9 @@ class SourceConfig(StrictModel):
     subset: str | None = None
     """Configuration (subset) name of a hub dataset, passed as ``name`` to ``datasets.load_dataset``."""
     revision: str | None = None
-    """Git revision (branch, tag or commit) of a hub dataset, for reproducible builds."""
+    """Git revision (branch, tag or commit sha) of a hub dataset. The commit a build read is
+    recorded in stats.json and the manifest (a new upstream commit triggers a rebuild); without
+    a revision the build warns and prints the ``revision: <sha>`` that pins it."""
     data_files: list[str] | None = None
     """``data_files`` for ``datasets.load_dataset`` when ``path`` is a builder (``parquet``, ``json``)
     or a hub id."""

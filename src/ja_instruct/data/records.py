@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ja_instruct.config import EMBEDDED_PREFIX, resolve_path
+from ja_instruct.config import looks_local, resolve_path
 from ja_instruct.data.config import SourceConfig
+from ja_instruct.data.hub import is_builder
 from ja_instruct.errors import UserError
 from ja_instruct.io import iter_jsonl, read_json
 
-LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
 MAX_ERRORS_KEPT = 5
+_GLOB_CHARS = "*?["
 
 
 @dataclass
@@ -79,10 +80,22 @@ class SourceStats:
 
 
 def is_local(path: str) -> bool:
-    """Whether ``path`` names a local file/folder (as opposed to a hub id or builder name)."""
-    if path.startswith((EMBEDDED_PREFIX, "/", "./", "../", "~")) or path.endswith(LOCAL_SUFFIXES):
-        return True
-    return Path(path).exists()
+    """Whether ``path`` names a local file/folder (as opposed to a hub id or builder name);
+    see `ja_instruct.config.looks_local`: a missing ``data/mine.jsonl`` is local (and missing),
+    never a hub id."""
+    return looks_local(path)
+
+
+def _expand(pattern: str) -> list[Path]:
+    p = resolve_path(pattern)
+    if any(c in pattern for c in _GLOB_CHARS):
+        return sorted(Path(f) for f in glob.glob(str(p)))
+    return [p]
+
+
+def builder_files(src: SourceConfig) -> list[Path]:
+    """The local ``data_files`` of a builder source (``path: parquet``), globs expanded."""
+    return [f for pattern in src.data_files or [] for f in _expand(pattern)]
 
 
 def source_field(index: int | None, key: str) -> str:
@@ -96,7 +109,7 @@ def expand_answers(src: SourceConfig, index: int | None) -> list[Path]:
         p = resolve_path(pattern)
         if p.is_dir():
             found = sorted(p.glob("*.jsonl"))
-        elif any(c in pattern for c in "*?["):
+        elif any(c in pattern for c in _GLOB_CHARS):
             found = sorted(Path(f) for f in glob.glob(str(p)))
         else:
             if not p.is_file():
@@ -119,10 +132,19 @@ def check_paths(sources: list[SourceConfig]) -> None:
             p = resolve_path(src.path)
             if not p.exists():
                 raise UserError("file not found", file=p, field=source_field(i, "path"),
-                                hint="Check the path in the recipe (relative to the current directory).")
+                                hint="Check the path in the recipe (relative to the current directory); "
+                                     "a hub dataset id is written owner/name.")
             if p.is_file() and p.stat().st_size == 0:
                 raise UserError("file is empty", file=p, field=source_field(i, "path"),
                                 hint="Point the source at a file with records.")
+        elif is_builder(src):  # `path: parquet` + local data_files: they must exist too
+            for pattern in src.data_files or []:
+                found = _expand(pattern)
+                missing = [f for f in found if not f.is_file()]
+                if missing or not found:
+                    raise UserError("file not found" if missing else f"no files match '{pattern}'",
+                                    file=missing[0] if missing else None, field=source_field(i, "data_files"),
+                                    hint="Check the path in the recipe (relative to the current directory).")
         if src.format == "fastchat-answers":
             expand_answers(src, i)
 
@@ -215,7 +237,7 @@ def _iter_dataset_dir(src: SourceConfig, p: Path) -> Iterator[Row]:
 
 
 def _iter_hub(src: SourceConfig, path: str) -> Iterator[Row]:
-    yield from _iter_dataset(_load_dataset(src, path), path)
+    yield from _iter_dataset(_load_dataset(src, path), path if not src.revision else f"{path}@{src.revision}")
 
 
 def _load_dataset(src: SourceConfig, path: str) -> Any:

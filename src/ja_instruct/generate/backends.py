@@ -7,11 +7,13 @@ A backend answers a batch of conversations with one set of sampling params::
     backend.close()
 
 * ``hf``: local transformers. Prompts rendered by the recipe's template
-  (`ja_instruct.data.templates`), sorted by token length, batched with left padding.
+  (`ja_instruct.data.templates`) and tokenised exactly as training tokenised them
+  (`prompt_ids`), sorted by token length, batched with left padding; an answer cut by
+  ``max_new_tokens`` never ends in half a character (`ja_instruct.generate.detok`).
 * ``openai``: any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, llama.cpp,
   ``transformers serve``), ``openai.AsyncOpenAI`` with a semaphore as concurrency limit;
   the SDK retries 429/5xx/time-outs with exponential back-off, honouring Retry-After.
-* ``vllm``: local vLLM (imported only when used).
+* ``vllm``: local vLLM (imported only when used), fed the same prompt ids as ``hf``.
 * ``fake``: deterministic canned Japanese answers, for tests and CI.
 
 Each class also has ``check(spec, model_path)``: cheap validation run for every model
@@ -31,6 +33,7 @@ from urllib.parse import urlparse
 
 from ja_instruct.errors import UserError
 from ja_instruct.generate.config import ModelSpec
+from ja_instruct.generate.detok import SafeDecoder
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,15 @@ def apply_stop(text: str, stop: tuple[str, ...] | list[str]) -> tuple[str, bool]
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+def prompt_ids(tokenizer: Any, template: Any, conversation: list[dict]) -> list[int]:
+    """Token ids of the generation prompt for ``conversation`` (ending in a user turn): exactly the
+    ids training gives that prompt (`ja_instruct.data.tokenize.encode_prompt`). Never
+    ``add_special_tokens=True``: a tokenizer that appends EOS would end the prompt in ``</s>``."""
+    from ja_instruct.data.tokenize import encode_prompt
+
+    return encode_prompt(tokenizer, template.render(conversation, add_generation_prompt=True), template)
+
+
 # --------------------------------------------------------------------------- hf
 
 class HFBackend:
@@ -115,6 +127,7 @@ class HFBackend:
         self.model.to(self.device)
         self.model.eval()
         self.template = get_template(spec.template, self.tokenizer)
+        self.detok = SafeDecoder(self.tokenizer)
         eos = self.model.generation_config.eos_token_id
         eos = list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
         if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in eos:
@@ -122,13 +135,8 @@ class HFBackend:
         self.eos_ids = eos
 
     def encode(self, conversation: list[dict]) -> list[int]:
-        """Prompt ids for a conversation ending in a user turn."""
-        text = self.template.render(conversation, add_generation_prompt=True)
-        bos = self.tokenizer.bos_token
-        # The tokenizer's chat template writes its own BOS (apply_chat_template tokenises without
-        # special tokens); the Alpaca-style templates rely on the tokenizer adding it, as in training.
-        special = self.spec.template != "tokenizer" and not (bos and text.startswith(bos))
-        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
+        """Prompt ids for a conversation ending in a user turn (the training ids of that prompt)."""
+        return prompt_ids(self.tokenizer, self.template, conversation)
 
     def _generation_config(self, params: SamplingParams):
         from transformers import GenerationConfig
@@ -172,9 +180,10 @@ class HFBackend:
             n = len(toks)
             while n and toks[n - 1] == pad and pad not in self.eos_ids:
                 n -= 1
-        text = self.tokenizer.decode(toks[:n], skip_special_tokens=True)
+        hit_limit = not ended and n >= params.max_new_tokens
+        text = self.detok.decode(toks[:n], cut=hit_limit)
         text, stopped = apply_stop(text, params.stop)
-        truncated = not ended and not stopped and n >= params.max_new_tokens
+        truncated = hit_limit and not stopped
         return Generation(text=text.strip(), n_tokens=n + int(ended), truncated=truncated)
 
     def close(self) -> None:
@@ -286,7 +295,9 @@ class VLLMBackend:
         self.chunk_size = max(spec.batch_size, 64)  # vLLM schedules its own batches
         self.llm = LLM(model=resolve_model(model_path or spec.path or spec.id), dtype=spec.dtype,
                        trust_remote_code=spec.trust_remote_code)
-        self.template = get_template(spec.template, self.llm.get_tokenizer())
+        self.tokenizer = self.llm.get_tokenizer()
+        self.template = get_template(spec.template, self.tokenizer)
+        self.detok = SafeDecoder(self.tokenizer)
 
     def generate(self, conversations: list[list[dict]], params: SamplingParams) -> list[Generation]:
         from vllm import SamplingParams as VParams
@@ -294,15 +305,17 @@ class VLLMBackend:
         sp = VParams(n=1, temperature=params.temperature, top_p=params.top_p if params.temperature > 0 else 1.0,
                      top_k=params.top_k or -1, max_tokens=params.max_new_tokens, seed=params.seed,
                      repetition_penalty=params.repetition_penalty, stop=list(params.stop) or None)
-        if self.spec.template == "tokenizer":  # vLLM applies the chat template and its BOS rules itself
-            from ja_instruct.data.templates import merge_input_messages
-
-            outs = self.llm.chat([merge_input_messages(c) for c in conversations], sp, use_tqdm=False)
-        else:
-            prompts = [self.template.render(c, add_generation_prompt=True) for c in conversations]
-            outs = self.llm.generate(prompts, sp, use_tqdm=False)
-        return [Generation(text=o.outputs[0].text.strip(), n_tokens=len(o.outputs[0].token_ids),
-                           truncated=o.outputs[0].finish_reason == "length") for o in outs]
+        # Token ids, not text: vLLM would tokenise a text prompt with add_special_tokens=True (a
+        # tokenizer that appends EOS ends the prompt in </s>) and its chat API has its own BOS rules.
+        prompts = [{"prompt_token_ids": prompt_ids(self.tokenizer, self.template, c)} for c in conversations]
+        outs = self.llm.generate(prompts, sp, use_tqdm=False)
+        gens = []
+        for o in outs:
+            c = o.outputs[0]
+            cut = c.finish_reason == "length"
+            text = self.detok.decode(list(c.token_ids), cut=True) if cut else c.text
+            gens.append(Generation(text=text.strip(), n_tokens=len(c.token_ids), truncated=cut))
+        return gens
 
     def close(self) -> None:
         self.llm = None

@@ -14,7 +14,9 @@ def register(subparsers) -> None:
         "generate",
         help="answer a question set (Rakuda, Japanese MT-Bench...) with each model",
         description="Answer a question set with each model of the recipe's 'generate' section, writing "
-                    "FastChat answer JSONL (<out>/<model_id>.jsonl). Resumable: re-run to continue.",
+                    "FastChat answer JSONL (<out>/<model_id>.jsonl). Re-run to continue a stopped run; answers "
+                    "whose model, generation settings or question changed are regenerated (the log says why), "
+                    "and an up-to-date folder is left untouched.",
     )
     add_recipe_arguments(p, "generate", GenerateConfig)
     for action in p._actions:  # the answers go to <root>/answers (the layout judge and report read)

@@ -20,6 +20,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ja_instruct.config import StrictModel
+from ja_instruct.secrets import env_var_name
 
 # The backend names; `ja_instruct.generate.backends.BACKENDS` holds their implementations
 # (a test keeps the two in sync). A Literal makes a typo a recipe error with file and line.
@@ -51,8 +52,10 @@ class ModelSpec(StrictModel):
     """How to run it: `hf` (local transformers), `openai` (any OpenAI-compatible endpoint),
     `vllm` (local vLLM, when installed), `fake` (canned answers for tests)."""
     path: str | None = None
-    """hf/vllm: local model dir, HF hub id, `embedded:NAME`, or the literal `trained` (this recipe's
-    `<root>/train/final`). openai: the model name sent to the endpoint. Default: the `id`."""
+    """hf/vllm: local model dir, HF hub id, `embedded:NAME`, or the literal `trained` (the final model of
+    this recipe's train stage, wherever `ja-instruct train` wrote it; it must be complete and made with
+    the recipe's current train section and data). openai: the model name sent to the endpoint.
+    Default: the `id`."""
     template: str = "tokenizer"
     """Prompt template for hf/vllm: `plamo`, `llmjp-alpaca`, or `tokenizer` (the tokenizer's own chat
     template). Ignored by openai (the server applies its template)."""
@@ -71,8 +74,9 @@ class ModelSpec(StrictModel):
     base_url: str | None = None
     """openai: endpoint base URL, e.g. `http://127.0.0.1:8000/v1` (null: api.openai.com)."""
     api_key_env: str | None = "OPENAI_API_KEY"
-    """openai: the NAME of the environment variable holding the API key (never the key itself).
-    May be unset for a local endpoint (base_url on localhost), which then gets a dummy key."""
+    """openai: the NAME of the environment variable holding the API key (never the key itself: a value
+    that looks like a key is refused, without being shown). May be unset for a local endpoint (base_url
+    on localhost), which then gets a dummy key."""
     concurrency: int = Field(default=8, ge=1)
     """openai: requests in flight at once."""
     max_retries: int = Field(default=5, ge=0)
@@ -81,6 +85,12 @@ class ModelSpec(StrictModel):
     """openai: seconds before one request times out."""
     send_top_k: bool = False
     """openai: also send `top_k` (vLLM, llama.cpp and `transformers serve` accept it; OpenAI's API rejects it)."""
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _key_env_is_a_name(cls, value: str | None) -> str | None:
+        # A key pasted here would be saved in config.yaml: refused without being echoed.
+        return env_var_name(value)
 
 
 class GenerateConfig(StrictModel):

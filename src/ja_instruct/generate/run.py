@@ -1,16 +1,22 @@
-"""The generate stage: answers for every (question, model), resumable, as FastChat answer JSONL.
+"""The generate stage: answers for every (question, model), as FastChat answer JSONL.
 
     run_generation(recipe, out_dir=None, models=None) -> Path   # used by the CLI and the pipeline
 
-Output (default ``<root>/answers``)::
+Output (default ``recipe.stage_dir("generate")``, i.e. ``<root>/answers``)::
 
-    <out>/<model_id>.jsonl   one FastChat answer per line, plus our "generation" and "health" keys
+    <out>/<model_id>.jsonl   one FastChat answer per line, plus our "generation", "fingerprint"
+                             and "health" keys
     <out>/health.json        per model: empty / truncated / loop / low-Japanese counts
     <out>/config.yaml        the resolved generate section
+    <out>/manifest.json      written LAST: the section's hash, each model's and the question
+                             set's fingerprint (`ja_instruct.manifest`)
 
-Resume: an answer is appended (and fsynced) as soon as all its turns are done, so a killed
-run loses at most the chunk in flight; on restart, questions whose id is already in
-``<model_id>.jsonl`` are skipped (a torn last line is dropped).
+Every answer is a function of its inputs (`ja_instruct.generate.identity`): a re-run keeps
+an answer only when its model, its generation settings and its question are what this run
+would use; the others are regenerated, and one line per model says how many and why
+(``sft: 48 regenerated: model changed``). When the manifest matches, nothing is loaded and
+nothing is written. A killed run loses at most the chunk in flight: answers are appended
+(and fsynced) as soon as all their turns are done.
 
 Multi-turn (Japanese MT-Bench): turn k is asked with the model's own answers to turns
 1..k-1 in the conversation, exactly as FastChat's ``gen_model_answer`` does.
@@ -22,36 +28,28 @@ import logging
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ja_instruct.config import save_config
 from ja_instruct.errors import UserError
 from ja_instruct.generate.backends import Backend, SamplingParams, get_backend_class
-from ja_instruct.generate.config import TRAINED, GenerateConfig, ModelSpec
+from ja_instruct.generate.config import GenerateConfig, ModelSpec
 from ja_instruct.generate.health import summarize, turn_health
+from ja_instruct.generate.identity import (answer_fingerprint, generation_settings, is_hub_model, model_identity,
+                                           questions_fingerprint, stale_reasons)
 from ja_instruct.generate.questions import Question, load_questions
-from ja_instruct.io import JsonlAppender, read_jsonl_store, write_json
+from ja_instruct.io import JsonlAppender, read_json, read_jsonl_store, write_json, write_jsonl
+from ja_instruct.manifest import make_manifest, read_manifest, remove_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
-ANSWERS_SUBDIR = "answers"
-
 
 def answers_dir(recipe, out_dir: str | Path | None = None) -> Path:
-    """Where the answers go: ``out_dir`` if given, else ``<root>/answers`` (read by judge and report)."""
-    return Path(out_dir) if out_dir is not None else recipe.root / ANSWERS_SUBDIR
-
-
-def resolve_model_path(spec: ModelSpec, recipe) -> str | None:
-    """``path: trained`` -> this recipe's ``<root>/train/final`` (which must exist); else ``path``."""
-    if spec.path == TRAINED:
-        final = recipe.root / "train" / "final"
-        if not (final / "config.json").is_file():
-            raise UserError(f"model '{spec.id}' uses path 'trained', but {final} holds no trained model",
-                            field="generate.models", hint="Run `ja-instruct train RECIPE` first (or give a path).")
-        return str(final)
-    return spec.path
+    """Where the answers go: ``out_dir`` if given, else the run layout's generate folder."""
+    return Path(out_dir) if out_dir is not None else recipe.stage_dir("generate")
 
 
 def build_conversation(spec: ModelSpec, question: Question, previous: list[str], turn: int) -> list[dict]:
@@ -92,102 +90,218 @@ def answer_questions(backend: Backend, spec: ModelSpec, questions: list[Question
                 yield q, gens[q.key], params
 
 
-def answer_record(q: Question, spec: ModelSpec, model_path: str | None, gens: list, params: SamplingParams) -> dict:
-    """A FastChat answer record with our ``generation`` and ``health`` keys."""
+def answer_record(q: Question, spec: ModelSpec, model_path: str | None, gens: list, params: SamplingParams,
+                  model_fp: str) -> dict:
+    """A FastChat answer record with our ``generation`` (the settings used), ``fingerprint`` and
+    ``health`` keys."""
+    settings = generation_settings(spec, params)
     return {
         "question_id": q.question_id,
         "answer_id": uuid.uuid4().hex,
         "model_id": spec.id,
         "choices": [{"index": 0, "turns": [g.text for g in gens]}],
         "tstamp": time.time(),
-        "generation": {"backend": spec.backend, "model": model_path or spec.id, "template": spec.template,
-                       "category": q.category, **params.as_dict()},
+        "generation": {**settings, "model": model_path or spec.id, "category": q.category},
+        "fingerprint": answer_fingerprint(model_fp, settings, q),
         "health": [turn_health(g.text, truncated=g.truncated, n_tokens=g.n_tokens) for g in gens],
     }
 
 
-def _done_ids(path: Path, model_id: str) -> tuple[list[dict], set[str]]:
+def _read_answers(path: Path, model_id: str) -> list[dict]:
     records = read_jsonl_store(path)
     for i, r in enumerate(records, 1):
         if r.get("model_id") != model_id:
             raise UserError(f"answer file holds model '{r.get('model_id')}', not '{model_id}' (record {i})",
                             file=path, hint="Use another --out folder, or delete the file.")
-    return records, {str(r.get("question_id")) for r in records}
+    return records
 
 
-def generate_for_model(spec: ModelSpec, model_path: str | None, cfg: GenerateConfig, questions: list[Question],
-                       out: Path, seed: int) -> dict:
-    """Answer the questions still missing from ``<out>/<id>.jsonl``; returns the model's health summary."""
+@dataclass
+class Plan:
+    """What to do with one model's answer file: the records to keep, the questions to answer."""
+
+    keep: list[dict] = field(default_factory=list)
+    pending: list[Question] = field(default_factory=list)
+    regenerated: Counter = field(default_factory=Counter)  # reason -> answers
+    new: int = 0
+    dropped: Counter = field(default_factory=Counter)  # reason -> answers
+
+    @property
+    def rewrite(self) -> bool:
+        """Whether the file holds records that must go before new ones are appended."""
+        return bool(self.regenerated or self.dropped)
+
+    def summary(self) -> str:
+        """One line: ``3 up to date; 5 regenerated: model changed; 2 new questions``."""
+        parts = [f"{len(self.keep)} up to date"] if self.keep else []
+        parts += [f"{n} regenerated: {why}" for why, n in self.regenerated.items()]
+        parts += [f"{self.new} new question{'s' * (self.new != 1)}"] if self.new else []
+        parts += [f"{n} answer{'s' * (n != 1)} dropped: {why}" for why, n in self.dropped.items()]
+        return "; ".join(parts) or "no questions"
+
+
+def plan_answers(records: list[dict], questions: list[Question], spec: ModelSpec, model_fp: str,
+                 params_of: Callable[[Question], SamplingParams]) -> Plan:
+    """Sort the existing answers into kept (same model, settings and question) and stale (with the
+    reason), and list the questions that need an answer."""
+    by_key = {q.key: q for q in questions}
+    reasons: list[list[str] | None] = []  # per record; None: its question is no longer in the set
+    fresh: dict[str, int] = {}  # question key -> index of the (first) current answer
+    for i, rec in enumerate(records):
+        q = by_key.get(str(rec.get("question_id")))
+        if q is None:
+            reasons.append(None)
+            continue
+        settings = generation_settings(spec, params_of(q))
+        reasons.append(stale_reasons(rec, answer_fingerprint(model_fp, settings, q), settings))
+        if not reasons[-1]:
+            fresh.setdefault(q.key, i)
+    plan, stale = Plan(), set()
+    for i, (rec, why) in enumerate(zip(records, reasons)):
+        key = str(rec.get("question_id"))
+        if why is None:
+            plan.dropped["question no longer in the set"] += 1
+        elif fresh.get(key) == i:
+            plan.keep.append(rec)
+        elif key in fresh or key in stale:
+            plan.dropped["duplicate answer"] += 1
+        else:
+            plan.regenerated[", ".join(why)] += 1
+            stale.add(key)
+    plan.pending = [q for q in questions if q.key not in fresh]
+    plan.new = len(plan.pending) - len(stale)
+    return plan
+
+
+def generate_for_model(spec: ModelSpec, model_path: str | None, model_fp: str, cfg: GenerateConfig,
+                       questions: list[Question], out: Path, seed: int, recipe=None) -> tuple[dict, str]:
+    """Bring ``<out>/<id>.jsonl`` up to date: keep current answers, drop stale ones (file rewritten
+    atomically first), answer the rest. Returns (the model's health summary, the model fingerprint
+    the new answers carry)."""
     from tqdm import tqdm
 
     path = out / f"{spec.id}.jsonl"
-    records, done = _done_ids(path, spec.id)
-    pending = [q for q in questions if q.key not in done]
-    if done:
-        log.info("%s: %d answers already in %s; %d to go", spec.id, len(questions) - len(pending), path,
-                 len(pending))
-    if pending:
+    params_of = lambda q: sampling_params(cfg, spec, q.category, seed)  # noqa: E731
+    plan = plan_answers(_read_answers(path, spec.id), questions, spec, model_fp, params_of)
+    log.info("%s: %s", spec.id, plan.summary())
+    if plan.rewrite:  # stale answers leave the file before any new one is appended
+        write_jsonl(path, plan.keep)
+    records = list(plan.keep)
+    if plan.pending:
         backend = get_backend_class(spec.backend)(spec, model_path)
         try:
-            with JsonlAppender(path) as store, tqdm(total=len(questions), initial=len(questions) - len(pending),
+            if recipe is not None and is_hub_model(spec, model_path):
+                model_fp = model_identity(spec, recipe)[1]  # loading may have downloaded another snapshot
+            with JsonlAppender(path) as store, tqdm(total=len(questions), initial=len(questions) - len(plan.pending),
                                                     desc=f"generate {spec.id}", unit="q", file=sys.stderr) as bar:
-                params_of = lambda q: sampling_params(cfg, spec, q.category, seed)  # noqa: E731
-                for q, gens, params in answer_questions(backend, spec, pending, params_of):
-                    rec = answer_record(q, spec, model_path, gens, params)
+                for q, gens, params in answer_questions(backend, spec, plan.pending, params_of):
+                    rec = answer_record(q, spec, model_path, gens, params, model_fp)
                     store.append(rec)
                     records.append(rec)
                     bar.update(1)
         finally:
             backend.close()
-    return summarize(records)
+    return summarize(records), model_fp
+
+
+def _is_complete(out: Path, spec: ModelSpec, model_fp: str, cfg: GenerateConfig, questions: list[Question],
+                 seed: int) -> bool:
+    """Whether ``<out>/<id>.jsonl`` holds exactly one current answer per question, nothing else."""
+    path = out / f"{spec.id}.jsonl"
+    if not path.is_file():
+        return False
+    plan = plan_answers(_read_answers(path, spec.id), questions, spec, model_fp,
+                        lambda q: sampling_params(cfg, spec, q.category, seed))
+    return not plan.pending and not plan.rewrite
+
+
+def _select(cfg: GenerateConfig, models: list[str] | None) -> list[ModelSpec]:
+    if not models:
+        return list(cfg.models)
+    known = {m.id for m in cfg.models}
+    unknown = [m for m in models if m not in known]
+    if unknown:
+        raise UserError(f"unknown model id(s) {', '.join(unknown)}", field="--model",
+                        hint=f"Models in the recipe: {', '.join(sorted(known))}.")
+    return [m for m in cfg.models if m.id in models]
 
 
 def run_generation(recipe, out_dir: str | Path | None = None, models: list[str] | None = None) -> Path:
-    """Generate answers for the recipe's question set with each of its models (resumable).
+    """Bring the answers of the recipe's models to its question set up to date.
 
     Args:
         recipe: a `ja_instruct.recipe.Recipe` with a ``generate`` section.
-        out_dir: output folder; default ``<root>/answers``.
-        models: only these model ids (default: every model in the section).
+        out_dir: output folder (registered in the run layout, so judge and report find it);
+            default ``recipe.stage_dir("generate")``.
+        models: only these model ids (default: every model in the section). The stage manifest
+            is written only when every model of the section is complete and current.
 
     Returns:
         The answers folder (``<out>/<model_id>.jsonl`` per model).
 
     Raises:
-        UserError: unknown model id, missing question file, missing trained model, missing API key...
-            all checked before any model is loaded.
+        UserError: unknown model id, missing question file, missing or outdated trained model,
+            missing API key... all checked before any model is loaded.
     """
     cfg: GenerateConfig = recipe.require("generate")
     seed = cfg.seed if cfg.seed is not None else recipe.seed
-    specs = cfg.models
-    if models:
-        known = {m.id for m in cfg.models}
-        unknown = [m for m in models if m not in known]
-        if unknown:
-            raise UserError(f"unknown model id(s) {', '.join(unknown)}", field="--model",
-                            hint=f"Models in the recipe: {', '.join(sorted(known))}.")
-        specs = [m for m in cfg.models if m.id in models]
+    resolved = cfg.model_copy(update={"seed": seed})
+    specs = _select(cfg, models)
     # Cheap checks first: a typo must not cost a model load.
     questions = load_questions(cfg.questions, split=cfg.split, references=cfg.reference_answers, limit=cfg.limit)
-    paths = {}
-    for spec in specs:
-        paths[spec.id] = resolve_model_path(spec, recipe)
-        get_backend_class(spec.backend).check(spec, paths[spec.id])
+    identity = {spec.id: model_identity(spec, recipe) for spec in specs}
+    for spec in cfg.models:  # models outside a --model subset only decide whether the stage is complete
+        if spec.id not in identity:
+            try:
+                identity[spec.id] = model_identity(spec, recipe)
+            except UserError:
+                pass
 
     out = answers_dir(recipe, out_dir)
+    if out_dir is not None:
+        recipe.layout.register("generate", out)
+    outputs = {spec.id: f"{spec.id}.jsonl" for spec in cfg.models}
+
+    def manifest():
+        if any(spec.id not in identity for spec in cfg.models):
+            return None
+        inputs = {f"model:{spec.id}": identity[spec.id][1] for spec in cfg.models}
+        inputs["questions"] = questions_fingerprint(questions)
+        return make_manifest("generate", resolved, inputs, outputs=outputs,
+                             details={"questions": len(questions), "models": len(cfg.models)})
+
+    expected, old = manifest(), read_manifest(out, "generate")
+    if (expected is not None and old is not None and old.fingerprint == expected.fingerprint
+            and all((out / f).is_file() for f in outputs.values())):
+        log.info("generate: up to date (%d questions, %d model(s) in %s)", len(questions), len(cfg.models), out)
+        return out
+    for spec in specs:
+        get_backend_class(spec.backend).check(spec, identity[spec.id][0])
+
+    remove_manifest(out)  # from here on the folder is incomplete until the manifest is rewritten
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg.model_copy(update={"seed": seed}), out)
+    save_config(resolved, out)
     log.info("generate: %d questions from %s, %d model(s) -> %s", len(questions), cfg.questions, len(specs), out)
     health_path = out / "health.json"
-    health = {}
-    if health_path.is_file():
-        from ja_instruct.io import read_json
-
-        health = read_json(health_path)
+    health = read_json(health_path) if health_path.is_file() else {}
+    health = {k: v for k, v in health.items() if k in outputs} if isinstance(health, dict) else {}
     for spec in specs:
-        health[spec.id] = generate_for_model(spec, paths[spec.id], cfg, questions, out, seed)
+        path, fp = identity[spec.id]
+        health[spec.id], fp = generate_for_model(spec, path, fp, cfg, questions, out, seed, recipe)
+        identity[spec.id] = (path, fp)
         write_json(health_path, health)
         h = health[spec.id]
         log.info("%s: %d turns; empty %d, truncated %d, loops %d, low Japanese %d, mean ja_ratio %s", spec.id,
                  h["turns"], h["empty"], h["truncated"], h["loop"], h["low_ja"], h["mean_ja_ratio"])
+
+    # Complete = every model of the section (not only a --model subset) has exactly one current
+    # answer per question; checked on the files, so a snapshot that changed while loading counts.
+    final = manifest()
+    missing = [s.id for s in cfg.models
+               if s.id not in identity or not _is_complete(out, s, identity[s.id][1], cfg, questions, seed)]
+    if final is not None and not missing:
+        write_manifest(out, final)
+    else:
+        log.info("generate: answers of %s are not complete or not current yet (no manifest written)",
+                 ", ".join(missing))
     return out

@@ -10,6 +10,19 @@
   ``sum_s s * p(s) / sum_s p(s)``, so it is never unparseable. Pairwise: ``A]]/B]]/C]]``
   (or ``1/2/3``), the most probable one wins.
 * ``fake``: deterministic judge for tests and dry runs; see `FakeBackend`.
+
+What a failed call means (openai):
+
+* 401 / 403 (credentials) and 404 (model name or ``base_url``): the setup is wrong, every
+  item would fail the same way: a `UserError` stops the run at once, with a hint for that cause.
+* 400 / 413 / 422: the endpoint refused THIS request (context length, content filter, an
+  answer it will not take): `JudgeItemError`, stored as a ``status: error`` record; the
+  run goes on (``judge.max_error_rate`` decides the exit code; ``retry_errors`` asks again).
+* 408 / 409 / 429 / 5xx / time-out / connection error / a malformed body: retried with
+  back-off; still failing after ``max_retries``: `JudgeCallError`, not stored (the next
+  run tries again).
+
+No message built here contains the API key: it is cut out of any text the server sends back.
 """
 
 from __future__ import annotations
@@ -57,6 +70,25 @@ class JudgeCallError(Exception):
     """A call that still failed after every retry (the item is left for the next run)."""
 
 
+class JudgeItemError(Exception):
+    """The endpoint refused this one request for good (HTTP 400 / 413 / 422: context length,
+    content filter...): the item is stored with ``status: error`` and the run goes on."""
+
+
+# HTTP statuses that refuse one request for what it contains, not for who sends it.
+ITEM_ERROR_STATUSES = (400, 413, 422)
+# 4xx statuses worth retrying (time-out, conflict, rate limit).
+RETRYABLE_4XX = (408, 409, 429)
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """``text`` with every non-trivial secret in ``secrets`` replaced by ``***``."""
+    for s in secrets:
+        if s and len(s) >= 8:
+            text = text.replace(s, "***")
+    return text
+
+
 class RateLimiter:
     """At most ``rpm`` request starts per minute, spaced evenly (no bursts that trigger 429s)."""
 
@@ -98,8 +130,9 @@ class OpenAIBackend:
         from openai import AsyncOpenAI
 
         self.cfg = cfg
-        key = os.environ.get(cfg.api_key_env) or "EMPTY"  # local servers accept any key
-        self.client = AsyncOpenAI(base_url=cfg.base_url, api_key=key, max_retries=0, timeout=cfg.timeout)
+        self.key_set = bool(os.environ.get(cfg.api_key_env))
+        self.key = os.environ.get(cfg.api_key_env) or "EMPTY"  # local servers accept any key
+        self.client = AsyncOpenAI(base_url=cfg.base_url, api_key=self.key, max_retries=0, timeout=cfg.timeout)
         self.limiter = RateLimiter(cfg.requests_per_minute)
         self.calls = 0  # HTTP requests made, retries included
         self.retries = 0
@@ -119,17 +152,13 @@ class OpenAIBackend:
                 text = (resp.choices[0].message.content if resp.choices else None) or ""
                 u = resp.usage
                 return JudgeReply(text, getattr(u, "prompt_tokens", 0) or 0, getattr(u, "completion_tokens", 0) or 0)
-            except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError,
-                    openai.BadRequestError) as e:
-                # the user's mistake (key, model name, URL): stop the run, retrying cannot help
-                raise UserError(f"judge API refused the request: {e.__class__.__name__}: {str(e)[:200]}",
-                                field="judge.backend", hint=f"Check judge.backend.model/base_url and ${cfg.api_key_env}.") from None
             except (openai.APIError, json.JSONDecodeError) as e:  # 429, 5xx, time-out, connection, malformed body
                 status = getattr(e, "status_code", None)
-                if status is not None and 400 <= status < 500 and status not in (408, 409, 429):
-                    raise JudgeCallError(f"HTTP {status}: {str(e)[:200]}") from None
+                if status is not None and 400 <= status < 500 and status not in RETRYABLE_4XX:
+                    raise self._refusal(status, e) from None
                 if attempt == cfg.max_retries:
-                    raise JudgeCallError(f"gave up after {attempt + 1} tries: {e.__class__.__name__}: {str(e)[:200]}") from None
+                    raise JudgeCallError(f"gave up after {attempt + 1} tries: {e.__class__.__name__}: "
+                                         f"{self._clean(e)}") from None
                 delay = _retry_after(e)
                 if delay is None:
                     delay = min(60.0, cfg.backoff_base * 2 ** attempt) * random.uniform(0.5, 1.5)
@@ -137,6 +166,26 @@ class OpenAIBackend:
                 log.debug("judge call failed (%s), retry %d in %.2fs", e.__class__.__name__, attempt + 1, delay)
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
+
+    def _clean(self, e: Exception) -> str:
+        """The server's message, short, with the key cut out (a server may echo a header)."""
+        return redact(str(e), self.key)[:300]
+
+    def _refusal(self, status: int, e: Exception) -> Exception:
+        """The exception for a non-retryable 4xx: per item (400/413/422) or the whole run (others)."""
+        cfg, msg = self.cfg, f"HTTP {status}: {self._clean(e)}"
+        where = cfg.base_url or "the SDK's default endpoint ($OPENAI_BASE_URL or api.openai.com)"
+        if status in ITEM_ERROR_STATUSES:
+            return JudgeItemError(msg)
+        if status in (401, 403):
+            hint = (f"Check the API key in ${cfg.api_key_env} (judge.backend.api_key_env names the variable): "
+                    f"it is {'unset' if not self.key_set else 'set but refused'} for {where}.")
+        elif status == 404:
+            hint = (f"Check judge.backend.model ({cfg.model!r}) and judge.backend.base_url ({where}): "
+                    "the endpoint knows no such model or path.")
+        else:
+            return JudgeCallError(msg)  # e.g. 405/410: not the user's key, not this item; next run retries
+        return UserError(f"judge API refused the request: {msg}", field="judge.backend", hint=hint)
 
     async def aclose(self) -> None:
         await self.client.close()
@@ -261,7 +310,7 @@ class FakeBackend:
     """Deterministic judge: scores from `fake_quality`; with temperature > 0 a hash-seeded
     +-1 noise per repeat; pairwise verdicts prefer the first position by 0.3 (a small
     position bias, so the inconsistency and home-advantage figures have something to show).
-    ``fake_parse_error_rate`` makes that share of calls answer without any score."""
+    Test doubles that misbehave (parse errors...) subclass it in the tests, not here."""
 
     def __init__(self, cfg: JudgeBackendConfig) -> None:
         self.cfg = cfg
@@ -272,9 +321,7 @@ class FakeBackend:
         self.calls += 1
         cfg, p = self.cfg, req.prompt
         noise = (2 * _unit("n", req.key, req.repeat) - 1) if cfg.temperature > 0 else 0.0
-        if cfg.fake_parse_error_rate and _unit("e", req.key, req.attempt) < cfg.fake_parse_error_rate:
-            text = "よく分かりませんでした。"  # no score anywhere
-        elif p.output_format == "rating":
+        if p.output_format == "rating":
             score = int(round(min(10.0, max(1.0, fake_quality(req.answers[0]) + noise))))
             text = f"回答の内容を確認しました（長さ {len(req.answers[0])} 文字）。\n{p.score_prefix}{score}]]"
         else:
@@ -289,6 +336,26 @@ class FakeBackend:
 
 
 BACKENDS = {"openai": OpenAIBackend, "hf": HFBackend, "fake": FakeBackend}
+DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
+
+
+def judge_identity(cfg: JudgeBackendConfig) -> dict:
+    """What identifies the judge in a cache key: backend, model, the endpoint actually called
+    (openai: ``base_url``, else the SDK's own default from $OPENAI_BASE_URL), the sampling
+    parameters, and for a local hf model folder the fingerprint of its files (retrained weights
+    or a new chat template make new keys). Execution knobs (concurrency, retries...) are not in it."""
+    ident: dict = {"backend": cfg.backend, "model": cfg.model, "temperature": cfg.temperature,
+                   "max_tokens": cfg.max_tokens, "base_url": None}
+    if cfg.backend == "openai":
+        ident["base_url"] = (cfg.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_URL).rstrip("/")
+    if cfg.backend == "hf":
+        from ja_instruct.config import resolve_path
+        from ja_instruct.manifest import model_dir_fingerprint
+
+        path = resolve_path(cfg.model)
+        if path.is_dir():
+            ident["files"] = model_dir_fingerprint(path)
+    return ident
 
 
 def make_backend(cfg: JudgeBackendConfig):

@@ -2,7 +2,7 @@
 
 Forms (``run`` is the default sub-action, so the first two are the same)::
 
-    ja-instruct judge RECIPE [--out DIR] [--set KEY=VALUE] [--judge-prompts FILE] [--repeats N]
+    ja-instruct judge RECIPE [--out DIR] [--set KEY=VALUE] [--judge-prompts FILE] [--repeats N] [--retry-errors]
     ja-instruct judge run RECIPE [...same options...]
     ja-instruct judge import FILE... --out DIR [--questions QUESTIONS]
 """
@@ -39,12 +39,15 @@ def register(subparsers) -> None:
                             parser_class=argparse.ArgumentParser)
     r = acts.add_parser("run", help="judge the answers of a recipe (default action)",
                         description="Judge the answers named by a recipe's 'judge' section. Every judgment is "
-                                    "cached in <out>/cache.jsonl; re-run the same command to resume.")
+                                    "cached in <out>/cache.jsonl; re-run the same command to resume. "
+                                    "judge.backend.backend (openai | hf | fake) is required.")
     add_recipe_arguments(r, "judge", JudgeConfig)
     r.add_argument("--judge-prompts", default=None, metavar="FILE",
                    help="a FastChat-format judge_prompts.jsonl instead of our prompts")
     r.add_argument("--repeats", type=int, default=None, metavar="N",
                    help="judge each item N times (needs judge.backend.temperature > 0)")
+    r.add_argument("--retry-errors", action="store_true", default=None,
+                   help="ask the judge again for items it refused before (status 'error'; judge.retry_errors)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=_handle_run)
     i = acts.add_parser("import", help="import FastChat judgment files (*_single.jsonl / *_pair.jsonl)",
@@ -66,7 +69,7 @@ def _handle_run(args: argparse.Namespace) -> int:
     from ja_instruct.judge.run import run_judging
 
     out = run_judging(recipe, args.out, judge_prompts=args.judge_prompts, repeats=args.repeats,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, retry_errors=args.retry_errors)
     print(out)
     return 0
 

@@ -1,6 +1,6 @@
 """Config of the judge stage (the ``judge:`` section of a recipe).
 
-Imported for ``--help``: stdlib + pydantic + ``ja_instruct.config`` only.
+Imported for ``--help``: stdlib + pydantic + ``ja_instruct.config`` / ``ja_instruct.secrets`` only.
 """
 
 from __future__ import annotations
@@ -8,27 +8,35 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ja_instruct.config import StrictModel
+from ja_instruct.secrets import env_var_name
+
+BACKEND_NAMES = ("openai", "hf", "fake")
+# Said when a recipe names no judge (pydantic's "required key is missing" would not list the choices).
+_NO_BACKEND = (f"judge.backend.backend is required: name the judge explicitly, one of {', '.join(BACKEND_NAMES)} "
+               "(`fake` only for tests and dry runs), e.g. `judge: {backend: {backend: openai, model: gpt-4o}}`")
 
 
 class JudgeBackendConfig(StrictModel):
     """Which judge model answers, and how it is called."""
 
-    backend: Literal["openai", "hf", "fake"] = "fake"
-    """`openai`: any OpenAI-compatible chat endpoint (GPT-4-class APIs, vLLM, llama.cpp server,
-    `transformers serve`); `hf`: a local transformers model scored by logprobs (never unparseable);
-    `fake`: deterministic judge for tests and dry runs (no model, no network)."""
+    backend: Literal["openai", "hf", "fake"]
+    """Required, no default (a dry run must never pass for a real evaluation): `openai`: any
+    OpenAI-compatible chat endpoint (GPT-4-class APIs, vLLM, llama.cpp server, `transformers serve`);
+    `hf`: a local transformers model scored by logprobs (never unparseable); `fake`: a deterministic
+    stand-in for tests and dry runs (no model, no network; its scores mean nothing)."""
     model: str = "fake-judge"
     """Judge model id: the API model name (openai), a local dir / hub id / `embedded:NAME` (hf),
     any label (fake). Part of the cache key."""
     base_url: str | None = None
     """Endpoint of the OpenAI-compatible API, e.g. `http://127.0.0.1:8000/v1`; null = the
-    SDK's default (api.openai.com, or $OPENAI_BASE_URL)."""
+    SDK's default (api.openai.com, or $OPENAI_BASE_URL). The endpoint called is part of the cache key."""
     api_key_env: str = "OPENAI_API_KEY"
-    """NAME of the environment variable holding the API key (the key itself never goes in a recipe).
-    Local servers that need no key work with the variable unset."""
+    """NAME of the environment variable holding the API key (the key itself never goes in a recipe:
+    a value that looks like a key is refused, without being shown). Local servers that need no key
+    work with the variable unset."""
     temperature: float = 0.0
     """Sampling temperature of the judge; must be > 0 when `repeats` > 1."""
     max_tokens: int = 1024
@@ -53,8 +61,19 @@ class JudgeBackendConfig(StrictModel):
     """Price per 1000 completion tokens for the cost estimate."""
     device: str = "auto"
     """hf backend: `auto` (cuda if available), `cpu` or `cuda`."""
-    fake_parse_error_rate: float = Field(0.0, ge=0.0, le=1.0)
-    """fake backend: share of calls that return text without a score (to exercise parse-error handling)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backend_named(cls, data):
+        if isinstance(data, dict) and "backend" not in data:
+            raise ValueError(_NO_BACKEND)
+        return data
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _key_env_is_a_name(cls, value: str) -> str:
+        return env_var_name(value)
+
 
 
 class JudgeConfig(StrictModel):
@@ -78,8 +97,8 @@ class JudgeConfig(StrictModel):
     reference_categories: list[str] | None = ["math", "reasoning", "coding"]
     """Categories judged reference-guided when a reference exists (MT-Bench's choice);
     null = every question that has a reference."""
-    backend: JudgeBackendConfig = JudgeBackendConfig()
-    """The judge model and how it is called."""
+    backend: JudgeBackendConfig
+    """The judge model and how it is called (required: `backend.backend` names it)."""
     prompt: str | None = None
     """Our own prompt family (files in `ja_instruct/judge/prompts/`): `single-ja` or `pair-ja`;
     the `-ref` / `-multi` variants are picked per question. null = by mode."""
@@ -96,15 +115,30 @@ class JudgeConfig(StrictModel):
     """Judge each item N times (needs temperature > 0); the spread across repeats is reported."""
     retry_parse_errors: bool = False
     """On a re-run, judge again the items whose cached judgment is a parse error."""
+    retry_errors: bool = False
+    """On a re-run, call the judge again for the items it refused (`status: error`, e.g. HTTP 400
+    context length / content filter, 413, 422); otherwise they stay refused (`--retry-errors`)."""
+    max_error_rate: float = Field(0.0, ge=0.0, le=1.0)
+    """Share of refused items (`status: error`) tolerated before the stage fails. Outputs are
+    written either way; above it the exit code is non-zero and the stage is not marked complete.
+    Default 0: a refused answer is missing from its model's mean, which can bias a comparison."""
     seed: int = 0
     """Seed of the judging order, the fake judge and the bootstrap."""
     bootstrap: int = Field(200, ge=0)
     """Bootstrap resamples for the Bradley-Terry confidence intervals (0 = none)."""
     cache: Path | None = None
     """The append-only judgment store (JSONL); default `<judge dir>/cache.jsonl`. Share one file
-    between runs to reuse judgments."""
+    between runs to reuse judgments, even between runs going on at the same time (file locks:
+    each request is sent once)."""
     limit: int | None = None
     """Judge only the first N questions (smoke tests)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backend_given(cls, data):
+        if isinstance(data, dict) and data.get("backend") is None:
+            raise ValueError(_NO_BACKEND)
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> "JudgeConfig":

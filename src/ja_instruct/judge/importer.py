@@ -92,6 +92,37 @@ def import_pair(path: Path, line: int, rec: dict, categories: dict) -> list[dict
     return out
 
 
+def _identity(r: dict) -> tuple:
+    """What makes two imported judgments the same one: judge, model(s) in the order shown,
+    question and turn (a pair row repeated with its models swapped holds the same two games)."""
+    if r["mode"] == "single":
+        return ("single", r["judge"], r["model"], str(r["question_id"]), r["turn"])
+    shown = (r["model_a"], r["model_b"]) if r["order"] == "AB" else (r["model_b"], r["model_a"])
+    return ("pair", r["judge"], shown, str(r["question_id"]), r["turn"])
+
+
+def _drop_duplicates(records: list[dict]) -> tuple[list[dict], int]:
+    """Keep the first of every judgment that occurs more than once.
+
+    FastChat files concatenated twice, or re-runs appended to the same file, repeat rows. They
+    are not repeats of the judge (``repeat`` is always 0 here): counting them would weight those
+    items twice and invent a ``repeat_std``.
+    """
+    first: dict[tuple, str] = {}
+    kept, dups = [], []
+    for r in records:
+        k = _identity(r)
+        if k in first:
+            dups.append((r["source"], first[k]))
+        else:
+            first[k] = r["source"]
+            kept.append(r)
+    if dups:
+        log.warning("judge import: %d duplicate judgment(s) ignored (same judge, model(s), question, turn and "
+                    "order; the first is kept), e.g. %s repeats %s", len(dups), *dups[0])
+    return kept, len(dups)
+
+
 def import_fastchat(files: list[str | Path], out_dir: str | Path, questions: str | None = None,
                     bootstrap: int = 200, seed: int = 0) -> Path:
     """Convert FastChat judgment files into ``out_dir/judgments.jsonl`` + ``summary.json``."""
@@ -112,7 +143,7 @@ def import_fastchat(files: list[str | Path], out_dir: str | Path, questions: str
                 single.append(import_single(path, line, rec, categories))
     if single and pair:
         raise UserError("mixed single and pair judgment files", hint="Import *_single.jsonl and *_pair.jsonl separately.")
-    records = single or pair
+    records, duplicates = _drop_duplicates(single or pair)
     if not records:
         raise UserError("no judgments in the given files", file=files[0] if files else None)
     mode = "single" if single else "pairwise"
@@ -125,7 +156,7 @@ def import_fastchat(files: list[str | Path], out_dir: str | Path, questions: str
     summary = build_summary(records, mode, models, judge=",".join(judges), question_set=questions, answers_dir=None,
                             bootstrap=bootstrap, seed=seed,
                             extra={"import": {"files": [str(f) for f in files], "rows": len(records),
-                                              "parse_mismatches": mismatches}})
+                                              "parse_mismatches": mismatches, "duplicates": duplicates}})
     write_json(out / "summary.json", summary)
     write_text(out / "config.yaml", yaml.safe_dump({"import": [str(f) for f in files], "questions": questions,
                                                     "answers_dir": None}, allow_unicode=True, sort_keys=False))

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from itertools import combinations
 
+from ja_instruct.judge.backends import judge_identity
 from ja_instruct.judge.engine import Item
 from ja_instruct.judge.inputs import judged_turns, uses_reference
 from ja_instruct.judge.prompt import PromptSet, build_context
-from ja_instruct.judge.store import make_key, text_hash
+from ja_instruct.judge.store import request_key
 
 
 def model_pairs(models: list[str], mode: str, baseline: str | None) -> list[tuple[str, str]]:
@@ -28,6 +29,7 @@ def plan_pairwise(questions, answers: dict[str, dict[str, list[str]]], prompts: 
                   missing: dict[str, int]) -> list[Item]:
     """Both orders of every pair x question x turn x repeat."""
     b = cfg.backend
+    judge = judge_identity(b)
     items = []
     for ma, mb in model_pairs(list(answers), cfg.mode, cfg.baseline):
         for q in questions:
@@ -45,10 +47,7 @@ def plan_pairwise(questions, answers: dict[str, dict[str, list[str]]], prompts: 
                     first, second = (aa, ab) if order == "AB" else (ab, aa)
                     user = prompt.render(build_context(q.turns[:t], first[:t], second[:t], references=refs))
                     for r in range(cfg.repeats):
-                        key = make_key(mode="pairwise", qid=q.key, q=text_hash([q.turns[:t], refs]),
-                                       a=text_hash(first[:t]), b=text_hash(second[:t]),
-                                       models=[ma, mb], order=order, judge=b.model, backend=b.backend,
-                                       prompt=prompt.id, params=[b.temperature, b.max_tokens], turn=t, repeat=r)
+                        key = request_key(judge, prompt.system, user, prompt, r)
                         rec = {"mode": "pairwise", "question_id": q.question_id, "category": q.category,
                                "turn": t, "model": None, "model_a": ma, "model_b": mb, "order": order,
                                "judge": b.model, "prompt": prompt.id, "repeat": r, "reference_guided": ref}

@@ -54,7 +54,8 @@ class PromptFile(StrictModel):
     name: str
     """Prompt name (the file stem)."""
     version: int
-    """Bumped on every wording change: part of the cache key."""
+    """A label for people (shown in judgments and the report as `name@version`); bump it when the
+    wording changes. The cache key does not rely on it: it hashes the rendered text itself."""
     kind: Literal["single", "pairwise"]
     """Single-answer grading or pairwise comparison."""
     description: str = ""
@@ -84,7 +85,7 @@ class JudgePrompt:
 
     @property
     def id(self) -> str:
-        """``name@version``: stored in every judgment and in the cache key."""
+        """``name@version``: stored in every judgment (the cache key hashes the rendered text)."""
         return f"{self.name}@{self.version}"
 
     def render(self, ctx: dict) -> str:

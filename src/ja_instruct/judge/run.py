@@ -3,10 +3,18 @@
 Reads the question set and the answer files, plans every judgment (all inputs and
 prompts are checked before the first call), judges what the cache lacks, and writes::
 
-    <out>/cache.jsonl        append-only judgment store (the cache; resumable)
-    <out>/judgments.jsonl    this run's judgments (HELPERS.md schema)
+    <out>/cache.jsonl        append-only judgment store (the cache; resumable, shareable)
+    <out>/judgments.jsonl    one record per judged item (format: docs/judge.md)
     <out>/summary.json       per-model statistics, pairwise matrix + BT ratings, usage, cost
     <out>/config.yaml        the resolved judge config (answers_dir and questions resolved)
+    <out>/manifest.json      written LAST: the config hash and the fingerprints of the answer
+                             files, the question set and the prompts (`ja_instruct.manifest`)
+
+A run whose manifest matches what it would write now does nothing at all (no model, no
+file written) and logs ``judge: up to date``; otherwise it logs why it runs, removes the
+manifest, judges only what the cache lacks and logs how many judgments were new vs cached.
+The manifest is not written when some items failed (the next run finishes them) or when
+more than ``max_error_rate`` of the items were refused (the exit code says so).
 """
 
 from __future__ import annotations
@@ -22,9 +30,18 @@ from ja_instruct.judge.config import JudgeConfig
 
 log = logging.getLogger(__name__)
 
+STAGE = "judge"
+# Settings that change how the work is done, never its result: left out of the manifest's
+# config hash so that, e.g., a lower concurrency does not redo an up-to-date stage.
+# retry_* are handled apart: they re-run the stage only when the manifest records such items.
+_RUN_ONLY = {"retry_parse_errors", "retry_errors"}
+_RUN_ONLY_BACKEND = {"concurrency", "requests_per_minute", "max_retries", "backoff_base", "timeout", "device"}
 
-def resolve_config(recipe, judge_prompts: str | Path | None = None, repeats: int | None = None) -> JudgeConfig:
-    """The recipe's judge section with CLI options and defaults from other sections filled in."""
+
+def resolve_config(recipe, judge_prompts: str | Path | None = None, repeats: int | None = None,
+                   retry_errors: bool | None = None) -> JudgeConfig:
+    """The recipe's judge section with CLI options and defaults from other sections filled in
+    (answers from the generate stage's folder, questions from ``generate.questions``)."""
     from pydantic import ValidationError
 
     from ja_instruct.config import validation_to_user_error
@@ -35,8 +52,10 @@ def resolve_config(recipe, judge_prompts: str | Path | None = None, repeats: int
         data["judge_prompts"] = Path(judge_prompts)
     if repeats is not None:
         data["repeats"] = repeats
+    if retry_errors is not None:
+        data["retry_errors"] = retry_errors
     if data["answers_dir"] is None:
-        data["answers_dir"] = recipe.stage_dir("answers")
+        data["answers_dir"] = recipe.stage_dir("generate")
     gen = getattr(recipe, "generate", None)
     if data["questions"] is None:
         if gen is None or not getattr(gen, "questions", None):
@@ -51,6 +70,66 @@ def resolve_config(recipe, judge_prompts: str | Path | None = None, repeats: int
         raise validation_to_user_error(err, JudgeConfig, None) from None
 
 
+def _requested_models(cfg: JudgeConfig) -> list[str] | None:
+    models = cfg.models
+    if cfg.mode == "pairwise-baseline" and models is not None and cfg.baseline not in models:
+        models = list(models) + [cfg.baseline]
+    return models
+
+
+def stage_inputs(cfg: JudgeConfig) -> dict[str, str]:
+    """Content fingerprints of what the judgments are made from: every judged answer file
+    (``answers:<model>``), the question set (``questions``; ``references``), the prompts in
+    use (``prompt:<name>`` for ours, ``judge_prompts`` for a FastChat file) and a local hf
+    judge model's files. Cheap: small files are hashed, nothing is parsed or loaded."""
+    from ja_instruct.config import resolve_path
+    from ja_instruct.io import stable_hash
+    from ja_instruct.judge import prompt as prompt_mod
+    from ja_instruct.judge.inputs import answer_files
+    from ja_instruct.manifest import file_fingerprint
+
+    def fingerprint(path: Path) -> str:
+        return file_fingerprint(path) if path.exists() else "missing"
+
+    inputs = {f"answers:{m}": file_fingerprint(p)
+              for m, p in answer_files(Path(cfg.answers_dir), _requested_models(cfg)).items()}
+    qpath = resolve_path(cfg.questions)
+    if qpath.exists():
+        inputs["questions"] = file_fingerprint(qpath)
+    else:  # a hub id: the content as loaded (from the local datasets cache when offline)
+        from ja_instruct.judge.inputs import load_question_set
+
+        qs = load_question_set(cfg.questions)
+        inputs["questions"] = stable_hash([[q.question_id, q.category, q.turns, q.reference] for q in qs])
+    if cfg.reference_answers is not None:
+        inputs["references"] = fingerprint(resolve_path(cfg.reference_answers))
+    if cfg.judge_prompts is not None:
+        inputs["judge_prompts"] = fingerprint(resolve_path(cfg.judge_prompts))
+    else:
+        family = cfg.prompt or ("single-ja" if cfg.mode == "single" else "pair-ja")
+        for suffix in ("", "-ref", "-multi", "-ref-multi"):
+            path = prompt_mod.PROMPTS_DIR / f"{family}{suffix}.yaml"
+            if path.is_file():
+                inputs[f"prompt:{family}{suffix}"] = file_fingerprint(path)
+    if cfg.backend.backend == "hf":
+        from ja_instruct.judge.backends import judge_identity
+
+        files = judge_identity(cfg.backend).get("files")
+        if files:
+            inputs["judge_model"] = files
+    return inputs
+
+
+def hashed_config(cfg: JudgeConfig) -> dict:
+    """The resolved config the manifest hashes (no secrets in it: only the key's variable NAME)."""
+    data = cfg.model_dump(mode="json")
+    for k in _RUN_ONLY:
+        data.pop(k, None)
+    for k in _RUN_ONLY_BACKEND:
+        data["backend"].pop(k, None)
+    return data
+
+
 def plan(cfg: JudgeConfig):
     """(items, models, missing answers per model) for a resolved config; no calls made."""
     from ja_instruct.judge.inputs import load_all_answers, load_question_set
@@ -63,10 +142,7 @@ def plan(cfg: JudgeConfig):
                         field="judge.prompt")
     prompts = PromptSet(cfg.prompt, cfg.judge_prompts, cfg.judge_prompt_names)
     questions = load_question_set(cfg.questions, cfg.reference_answers, cfg.limit)
-    models = cfg.models
-    if cfg.mode == "pairwise-baseline" and models is not None and cfg.baseline not in models:
-        models = list(models) + [cfg.baseline]
-    answers = load_all_answers(Path(cfg.answers_dir), models)
+    answers = load_all_answers(Path(cfg.answers_dir), _requested_models(cfg))
     if cfg.mode == "pairwise-baseline" and cfg.baseline not in answers:
         raise UserError(f"baseline '{cfg.baseline}' has no answer file", field="judge.baseline",
                         hint=f"Available: {', '.join(answers)}.")
@@ -83,25 +159,80 @@ def plan(cfg: JudgeConfig):
     return items, list(answers), missing
 
 
+def _why_run(cfg: JudgeConfig, out: Path, inputs: dict[str, str]) -> list[str]:
+    """[] when the manifest in ``out`` matches; else the reasons to run."""
+    from ja_instruct.manifest import input_changes, read_manifest
+
+    old = read_manifest(out, STAGE)
+    reasons = input_changes(old, inputs, hashed_config(cfg))
+    if not reasons and old is not None:
+        counts = old.details.get("counts", {})
+        if cfg.retry_errors and counts.get("errors"):
+            reasons.append(f"retrying {counts['errors']} refused judgment(s) (retry_errors)")
+        if cfg.retry_parse_errors and counts.get("parse_errors"):
+            reasons.append(f"retrying {counts['parse_errors']} parse error(s) (retry_parse_errors)")
+    return reasons
+
+
 def judge_config(cfg: JudgeConfig, out_dir: str | Path, progress: bool = True) -> Path:
     """Judge with a resolved `JudgeConfig` into ``out_dir`` (see module doc); returns ``out_dir``."""
+    from ja_instruct.manifest import make_manifest, remove_manifest, write_manifest
+
+    out = Path(out_dir)
+    inputs = stage_inputs(cfg)
+    reasons = _why_run(cfg, out, inputs)
+    if not reasons:
+        log.info("judge: up to date (%s)", out)
+        return out
+    log.info("judge: running: %s", "; ".join(reasons))
+    items, models, missing = plan(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_manifest(out)  # from here on the folder is incomplete until the new manifest lands
+    save_config(cfg, out)
+    records, stats, summary = _judge_and_summarise(cfg, out, items, models, missing, progress)
+    counts = {"items": len(items), "judged": stats.judged, "cached": stats.cached,
+              "errors": sum(r.get("status") == "error" for r in records),
+              "parse_errors": sum(r.get("status") == "parse_error" for r in records), "failed": stats.failed}
+    log.info("judge: %d judged now, %d from the cache (%d of them by another run), %d parse errors, "
+             "%d refused, %d failed -> %s", stats.judged, stats.cached, stats.waited, counts["parse_errors"],
+             counts["errors"], stats.failed, out)
+    problems, hints = [], [f"Outputs in {out} cover the rest."]
+    if stats.failed:
+        problems.append(f"{stats.failed} judgment(s) failed after every retry ({stats.errors[0]})")
+        hints.append("Re-run the same command to finish them (stored judgments are not asked again).")
+    rate = counts["errors"] / len(items)
+    if rate > cfg.max_error_rate:
+        first = next(r["error"] for r in records if r.get("status") == "error")
+        problems.append(f"{counts['errors']} of {len(items)} judgment(s) ({rate:.1%}) were refused by the judge "
+                        f"endpoint (status 'error' in judgments.jsonl; first: {first}), above "
+                        f"judge.max_error_rate={cfg.max_error_rate:g}")
+        hints.append("Fix the cause (e.g. shorter answers, a judge with a longer context), then re-run with "
+                     "--retry-errors to ask again for the refused items, or raise judge.max_error_rate to "
+                     "accept them.")
+    if problems:
+        raise UserError("; ".join(problems), hint=" ".join(hints))
+    write_manifest(out, make_manifest(STAGE, hashed_config(cfg), inputs,
+                                      outputs={"judgments": "judgments.jsonl", "summary": "summary.json",
+                                               "config": "config.yaml"},
+                                      details={"counts": counts, "models": models}))
+    return out
+
+
+def _judge_and_summarise(cfg: JudgeConfig, out: Path, items, models, missing, progress: bool):
+    """Judge what the cache lacks, write judgments.jsonl and summary.json; (records, stats, summary)."""
     from ja_instruct.judge.backends import make_backend
-    from ja_instruct.judge.engine import execute
+    from ja_instruct.judge.engine import execute, item_record
     from ja_instruct.judge.store import JudgmentStore
     from ja_instruct.judge.summary import build_summary
 
-    out = Path(out_dir)
-    items, models, missing = plan(cfg)
     order = list(items)
     random.Random(cfg.seed).shuffle(order)  # spread the models over the run (a partial run is balanced)
     backend = make_backend(cfg.backend)
     concurrency = 1 if cfg.backend.backend == "hf" else cfg.backend.concurrency
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out)
     with JudgmentStore(cfg.cache or out / "cache.jsonl") as store:
         stats = execute(order, backend, store, concurrency, cfg.backend.parse_retries, cfg.retry_parse_errors,
-                        progress)
-        records = [store.get(it.key) for it in items if it.key in store]
+                        progress, retry_errors=cfg.retry_errors)
+        records = [item_record(it, store.get(it.key)) for it in items if it.key in store]
     write_jsonl(out / "judgments.jsonl", records)
     b = cfg.backend
     usage_all = {k: sum(r.get("usage", {}).get(k, 0) for r in records) for k in ("prompt_tokens", "completion_tokens")}
@@ -109,13 +240,14 @@ def judge_config(cfg: JudgeConfig, out_dir: str | Path, progress: bool = True) -
     def cost(u: dict) -> float | None:
         if b.price_prompt_per_1k is None and b.price_completion_per_1k is None:
             return None
-        return (u["prompt_tokens"] * (b.price_prompt_per_1k or 0) + u["completion_tokens"] * (b.price_completion_per_1k or 0)) / 1000
+        return (u["prompt_tokens"] * (b.price_prompt_per_1k or 0)
+                + u["completion_tokens"] * (b.price_completion_per_1k or 0)) / 1000
 
     run_usage = {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens}
     run = {"items": stats.items, "cached": stats.cached, "judged": stats.judged, "calls": stats.calls,
            "http_calls": getattr(backend, "calls", stats.calls), "http_retries": getattr(backend, "retries", 0),
-           "parse_retries": stats.parse_retries, "parse_errors": stats.parse_errors, "failed": stats.failed,
-           "seconds": round(stats.seconds, 3), "usage": run_usage, "cost": cost(run_usage)}
+           "parse_retries": stats.parse_retries, "parse_errors": stats.parse_errors, "errors": stats.refused,
+           "failed": stats.failed, "seconds": round(stats.seconds, 3), "usage": run_usage, "cost": cost(run_usage)}
     extra = {"backend": b.backend, "run": run, "usage_total": usage_all, "cost_total": cost(usage_all),
              "missing_answers": missing, "repeats": cfg.repeats, "failed": stats.failed}
     summary = build_summary(records, cfg.mode, models, judge=b.model, question_set=str(cfg.questions),
@@ -124,20 +256,23 @@ def judge_config(cfg: JudgeConfig, out_dir: str | Path, progress: bool = True) -
     bt = (summary.get("pairwise") or {}).get("bt") or {}
     for m, blk in sorted(summary["models"].items(), key=lambda kv: -(kv[1]["mean"] or 0)):
         rating = bt.get(m, {}).get("rating")
-        log.info("  %-32s %s %s  n=%d  parse errors=%d%s", m, blk.get("metric", "score"),
+        log.info("  %-32s %s %s  n=%d  parse errors=%d  refused=%d%s", m, blk.get("metric", "score"),
                  f"{blk['mean']:.3f}" if blk["mean"] is not None else "-", blk["n"], blk["parse_errors"],
-                 f"  BT {rating:.0f}" if rating is not None else "")
-    log.info("judged %d new, %d cached, %d parse errors, %d failed; %d+%d tokens%s -> %s", stats.judged,
-             stats.cached, summary["parse_errors"], stats.failed, stats.prompt_tokens, stats.completion_tokens,
-             f", cost {run['cost']:.4f}" if run["cost"] is not None else "", out)
-    if stats.failed:
-        raise UserError(f"{stats.failed} judgment(s) failed after every retry ({stats.errors[0]})",
-                        hint=f"Outputs in {out} cover the rest; re-run the same command to finish (cached ones are skipped).")
-    return out
+                 blk.get("errors", 0), f"  BT {rating:.0f}" if rating is not None else "")
+    log.info("judge: %d+%d tokens this run%s", stats.prompt_tokens, stats.completion_tokens,
+             f", cost {run['cost']:.4f}" if run["cost"] is not None else "")
+    return records, stats, summary
 
 
 def run_judging(recipe, out_dir: str | Path | None = None, *, judge_prompts: str | Path | None = None,
-                repeats: int | None = None, progress: bool = True) -> Path:
-    """Judge a recipe's answers; returns the judge folder (default ``<root>/judge``)."""
-    cfg = resolve_config(recipe, judge_prompts, repeats)
-    return judge_config(cfg, Path(out_dir) if out_dir is not None else recipe.stage_dir("judge"), progress)
+                repeats: int | None = None, progress: bool = True, retry_errors: bool | None = None) -> Path:
+    """Judge a recipe's answers (default: the generate stage's folder) into ``out_dir`` (default:
+    the judge stage's folder of the run layout; an explicit one is registered there so later
+    stages find it); returns the judge folder. Does nothing when its manifest is up to date."""
+    cfg = resolve_config(recipe, judge_prompts, repeats, retry_errors)
+    if out_dir is not None:
+        out = Path(out_dir)
+        recipe.layout.register(STAGE, out)
+    else:
+        out = recipe.stage_dir(STAGE)
+    return judge_config(cfg, out, progress)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 
+from ja_instruct.judge.backends import judge_identity
 from ja_instruct.judge.engine import Item
 from ja_instruct.judge.inputs import judged_turns, uses_reference
 from ja_instruct.judge.prompt import PromptSet, build_context
-from ja_instruct.judge.store import make_key, text_hash
+from ja_instruct.judge.store import request_key
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,7 @@ def plan_single(questions, answers: dict[str, dict[str, list[str]]], prompts: Pr
                 missing: dict[str, int]) -> list[Item]:
     """Every single-mode item; ``missing`` collects per model how many questions lack an answer."""
     b = cfg.backend
+    judge = judge_identity(b)
     items = []
     for model, by_q in answers.items():
         for q in questions:
@@ -35,9 +37,7 @@ def plan_single(questions, answers: dict[str, dict[str, list[str]]], prompts: Pr
                 ctx = build_context(q.turns[:t], ans[:t], references=refs)
                 user = prompt.render(ctx)
                 for r in range(cfg.repeats):
-                    key = make_key(mode="single", qid=q.key, q=text_hash([q.turns[:t], refs]),
-                                   a=text_hash(ans[:t]), model=model, judge=b.model, backend=b.backend,
-                                   prompt=prompt.id, params=[b.temperature, b.max_tokens], turn=t, repeat=r)
+                    key = request_key(judge, prompt.system, user, prompt, r)
                     rec = {"mode": "single", "question_id": q.question_id, "category": q.category, "turn": t,
                            "model": model, "model_a": None, "model_b": None, "judge": b.model,
                            "prompt": prompt.id, "repeat": r, "reference_guided": ref}

@@ -1,12 +1,18 @@
 """Build a report: load judge folders, compute statistics, draw figures, write the files.
 
-``build_report`` is the entry point of both ``ja-instruct report`` and the pipeline's
-report stage (via ``run_report``). It writes, into ``out_dir``:
+``build_report`` writes, into ``out_dir``:
 
 * ``index.html``: one self-contained page (plots inlined as data URIs, no network);
 * ``summary.md``: the headline tables in Markdown;
 * ``scores.csv``: one row per model;
-* ``config.yaml``: the resolved report config.
+* ``config.yaml``: the resolved report config;
+* ``manifest.json``, last: the config hash and the fingerprints of what the report read
+  (`ja_instruct.manifest`).
+
+``update_report`` (``ja-instruct report``) and ``run_report`` (the pipeline's report stage)
+first compare that manifest with what the report would be made from now: when it matches
+nothing is loaded or written ("report: up to date"); otherwise the report is rebuilt and
+the log says why.
 """
 
 from __future__ import annotations
@@ -16,19 +22,25 @@ from pathlib import Path
 
 from ja_instruct.config import save_config
 from ja_instruct.io import write_text
-from ja_instruct.report import plots
+from ja_instruct.manifest import input_changes, make_manifest, read_manifest, remove_manifest, write_manifest
 from ja_instruct.report.config import ReportConfig
-from ja_instruct.report.html import build_context, order_models, render_html
-from ja_instruct.report.load import load_report_data
-from ja_instruct.report.stats import answer_health, pairwise_stats, single_scores
-from ja_instruct.report.writers import scores_csv, summary_md
+from ja_instruct.report.load import input_fingerprints
 
 log = logging.getLogger(__name__)
+
+OUTPUTS = {"html": "index.html", "markdown": "summary.md", "csv": "scores.csv", "config": "config.yaml"}
+
+
+def _resolved(cfg: ReportConfig | None, judge_dirs: list[str | Path], title: str | None) -> ReportConfig:
+    """The config the report is made with (and hashed into its manifest)."""
+    cfg = cfg or ReportConfig()
+    return cfg.model_copy(update={"judge_dirs": [str(d) for d in judge_dirs],
+                                  "title": title or cfg.title or "ja-instruct report"})
 
 
 def build_report(judge_dirs: list[str | Path], out_dir: str | Path, cfg: ReportConfig | None = None,
                  title: str | None = None) -> Path:
-    """Write index.html, summary.md, scores.csv (and config.yaml) for the given judge folders.
+    """Write index.html, summary.md, scores.csv, config.yaml and manifest.json for the given judge folders.
 
     Args:
         judge_dirs: folders holding ``judgments.jsonl`` (merged when several).
@@ -39,23 +51,32 @@ def build_report(judge_dirs: list[str | Path], out_dir: str | Path, cfg: ReportC
     Returns:
         The path of ``index.html``.
     """
-    cfg = cfg or ReportConfig()
-    out = Path(out_dir)
+    cfg = _resolved(cfg, judge_dirs, title)
+    return _build(judge_dirs, Path(out_dir), cfg, input_fingerprints(judge_dirs))
+
+
+def _build(judge_dirs: list[str | Path], out: Path, cfg: ReportConfig, inputs: dict[str, str]) -> Path:
+    from ja_instruct.report import plots
+    from ja_instruct.report.html import build_context, order_models, render_html
+    from ja_instruct.report.load import load_report_data
+    from ja_instruct.report.stats import answer_health, bootstrap_params, pairwise_stats, rank_key, single_scores
+    from ja_instruct.report.writers import scores_csv, summary_md
+
     data = load_report_data(judge_dirs)  # validates inputs before any plotting
-    summary = next((r.summary for r in data.runs if r.summary), None)
-    scores = single_scores(data.judgments, cfg.bootstrap, cfg.ci, cfg.seed)
-    pairwise = pairwise_stats(data.judgments, cfg.bootstrap, cfg.ci, cfg.seed, summary)
+    n_boot, seed = bootstrap_params(data.runs, cfg.bootstrap, cfg.seed)
+    scores = single_scores(data.judgments, n_boot, cfg.ci, seed)
+    pairwise = pairwise_stats(data.judgments, n_boot, cfg.ci, seed)
     health = {m: answer_health(data.answers.get(m, {}), cfg.min_ja_ratio, cfg.max_repeat_ratio) for m in data.models}
     for m, s in scores.items():
         s.health = health.get(m) or {}
     models = order_models(scores, pairwise, data, cfg)
     scored = [m for m in models if m in scores]
 
-    fmt, dpi = cfg.plot_format, cfg.dpi
+    fmt, dpi, pct = cfg.plot_format, cfg.dpi, round(cfg.ci * 100)
     figures: dict[str, str] = {}
     if scored:
         figures["mean"] = plots.mean_ci(scored, [scores[m].mean for m in scored], [scores[m].ci for m in scored],
-                                        fmt, dpi)
+                                        fmt, dpi, pct)
         figures["box"] = plots.box_plot(scored, [scores[m].scores for m in scored], fmt, dpi)
         figures["hist"] = plots.histograms(scored, [scores[m].scores for m in scored], fmt, dpi)
         cats = sorted({c for m in scored for c in scores[m].per_category})
@@ -68,24 +89,55 @@ def build_report(judge_dirs: list[str | Path], out_dir: str | Path, cfg: ReportC
                                                    for m in scored}, "turn", fmt, dpi)
     if pairwise is not None:
         # the heat map in ranking order (best model in the first row)
-        order = sorted(pairwise.models, key=lambda m: -pairwise.ratings[m])
+        order = sorted(pairwise.models, key=rank_key(pairwise))
         ix = [pairwise.models.index(m) for m in order]
         figures["heatmap"] = plots.win_rate_heatmap(order, pairwise.win_rate[ix][:, ix], fmt, dpi)
-        figures["bt"] = plots.bt_ranking(pairwise.models, pairwise.ratings, pairwise.rating_ci, fmt, dpi)
+        figures["bt"] = plots.bt_ranking(pairwise.models, pairwise.ratings, pairwise.rating_ci, fmt, dpi, pct)
 
-    title = title or cfg.title or "ja-instruct report"
-    ctx = build_context(data, scores, pairwise, health, figures, cfg, title)
+    ctx = build_context(data, scores, pairwise, health, figures, cfg, cfg.title)
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "index.html", render_html(ctx))
-    write_text(out / "summary.md", summary_md(ctx, scores, pairwise))
-    write_text(out / "scores.csv", scores_csv(models, scores, health, pairwise))
-    save_config(cfg.model_copy(update={"judge_dirs": [str(d) for d in judge_dirs], "title": title}), out)
-    return out / "index.html"
+    remove_manifest(out)  # incomplete until the new manifest is written
+    write_text(out / OUTPUTS["html"], render_html(ctx))
+    write_text(out / OUTPUTS["markdown"], summary_md(ctx, scores, pairwise))
+    write_text(out / OUTPUTS["csv"], scores_csv(models, scores, health, pairwise))
+    save_config(cfg, out)
+    write_manifest(out, make_manifest("report", cfg, inputs, outputs=OUTPUTS,
+                                      details={"bootstrap": n_boot, "seed": seed, "models": models,
+                                               "judgments": len(data.judgments)}))
+    return out / OUTPUTS["html"]
+
+
+def update_report(judge_dirs: list[str | Path], out_dir: str | Path, cfg: ReportConfig | None = None,
+                  title: str | None = None) -> Path:
+    """`build_report` unless ``out_dir`` already holds the report these inputs and settings make.
+
+    Up to date = its manifest's config hash and input fingerprints equal the current ones and
+    its files exist: then nothing is loaded or written and the log says so. Otherwise the log
+    says what changed and the report is rebuilt. Returns the path of ``index.html``.
+    """
+    out = Path(out_dir)
+    cfg = _resolved(cfg, judge_dirs, title)
+    inputs = input_fingerprints(judge_dirs)
+    old = read_manifest(out, "report")
+    reasons = input_changes(old, inputs, cfg)
+    if old is not None:
+        reasons += [f"output {name} missing" for name in OUTPUTS.values() if not (out / name).is_file()]
+    if not reasons:
+        log.info("report: up to date (%s)", out)
+        return out / OUTPUTS["html"]
+    log.info("report: building %s (%s)", out, "; ".join(reasons))
+    return _build(judge_dirs, out, cfg, inputs)
 
 
 def run_report(recipe, out_dir: str | Path | None = None) -> Path:
-    """The pipeline's report stage: the recipe's judge folder(s) -> ``<root>/report``."""
+    """The pipeline's report stage: the recipe's judge folder(s) -> its report folder.
+
+    ``out_dir`` (``--out``) is registered in the run layout, so later runs find it."""
     cfg: ReportConfig = recipe.report or ReportConfig()
-    judge_dirs = cfg.judge_dirs or [str(recipe.stage_dir("judge"))]
-    out = Path(out_dir) if out_dir is not None else recipe.stage_dir("report")
-    return build_report(judge_dirs, out, cfg, title=cfg.title or f"ja-instruct report: {recipe.name}")
+    layout = recipe.layout
+    judge_dirs = cfg.judge_dirs or [str(layout.judge)]
+    out = layout.stage_dir("report", out_dir)
+    path = update_report(judge_dirs, out, cfg, title=cfg.title or f"ja-instruct report: {recipe.name}")
+    if out_dir is not None:
+        layout.register("report", out)
+    return path

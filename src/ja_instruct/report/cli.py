@@ -16,7 +16,8 @@ def register(subparsers) -> None:
         help="HTML/Markdown/CSV report of judged answers",
         description="Write a self-contained index.html (plots inlined, opens offline), summary.md and "
                     "scores.csv from one or more judge folders (each with judgments.jsonl), or from a "
-                    "recipe's judge folder.",
+                    "recipe's judge folder. Does nothing when the output folder already holds the report "
+                    "of these inputs and settings (its manifest.json matches).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="JUDGMENTS_DIR_OR_RECIPE",
@@ -55,8 +56,8 @@ def _main(args: argparse.Namespace) -> int:
         overrides = [o[len("report."):] if o.startswith("report.") else o for o in args.overrides]
         cfg = load_config(ReportConfig, None, overrides)
         out = Path(args.out) if args.out else Path(args.inputs[0]).parent / "report"
-        from ja_instruct.report import build_report
+        from ja_instruct.report.build import update_report
 
-        path = build_report(args.inputs, out, cfg, title=args.title)
+        path = update_report(args.inputs, out, cfg, title=args.title)
     print(f"report: {path}", file=sys.stdout)
     return 0

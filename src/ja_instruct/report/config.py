@@ -27,11 +27,13 @@ class ReportConfig(StrictModel):
     """Judge output folders (each with `judgments.jsonl`) to report on, merged; null = the recipe's
     `<root>/judge`."""
     bootstrap: int = Field(2000, ge=100)
-    """Bootstrap resamples for the 95% confidence intervals of mean scores and Bradley-Terry ratings."""
+    """Bootstrap resamples (questions resampled) for the intervals of mean scores and Bradley-Terry
+    ratings when several judge folders are merged. One judge folder is reported with the bootstrap size
+    and seed its summary.json records, so the report shows exactly the summary's numbers."""
     ci: float = Field(0.95, gt=0.5, lt=1.0)
-    """Confidence level of the intervals."""
+    """Confidence level of the intervals (0.95 = the summary's `ci95`)."""
     seed: int = 0
-    """Seed of the bootstrap (same inputs + seed = the same report)."""
+    """Seed of the bootstrap when folders are merged (same inputs + seed = the same report)."""
     plot_format: Literal["png", "svg"] = "png"
     """Image format of the inlined plots (both become base64 `data:` URIs inside index.html)."""
     dpi: int = Field(110, ge=50, le=300)

@@ -21,7 +21,7 @@ import yaml
 from ja_instruct import __version__
 from ja_instruct.report.config import ReportConfig
 from ja_instruct.report.load import ReportData
-from ja_instruct.report.stats import ModelScores, Pairwise, turn_flags
+from ja_instruct.report.stats import ModelScores, Pairwise, judge_errors, rank_key, turn_flags
 
 DEMO_BACKENDS = {"hf": "a small local model scoring answers by token log-probabilities (judge backend 'hf')",
                  "fake": "the fake judge (deterministic pseudo-scores for tests; no model)"}
@@ -60,7 +60,7 @@ def order_models(scores: dict[str, ModelScores], pairwise: Pairwise | None, data
         return sorted(all_models, key=lambda m: -(scores[m].mean if m in scores and not math.isnan(scores[m].mean)
                                                  else -1))
     if pairwise:
-        return sorted(all_models, key=lambda m: -pairwise.ratings.get(m, 0))
+        return sorted(all_models, key=lambda m: rank_key(pairwise)(m) if m in pairwise.ratings else math.inf)
     return all_models
 
 
@@ -145,7 +145,7 @@ def build_context(data: ReportData, scores: dict[str, ModelScores], pairwise: Pa
         h = health.get(m)
         score_rows.append({
             "model": m, "n": s.n, "mean": fmt(s.mean), "ci": f"[{fmt(s.ci[0])}, {fmt(s.ci[1])}]",
-            "std": fmt(s.std), "median": fmt(s.median, 1), "parse_errors": s.parse_errors,
+            "std": fmt(s.std), "median": fmt(s.median, 1), "parse_errors": s.parse_errors, "errors": s.errors,
             "health": [(k.replace("_", "-"), f"{100 * h[k]:.0f}%") for k in ("non_japanese", "looping", "truncated",
                                                                              "empty", "any")] if h else None,
         })
@@ -158,7 +158,7 @@ def build_context(data: ReportData, scores: dict[str, ModelScores], pairwise: Pa
     score_figures = [
         {"id": k, "uri": figures[k], "alt": alt, "caption": cap}
         for k, alt, cap in (
-            ("mean", "mean score per model with CI", f"Mean score with {round(cfg.ci * 100)}% bootstrap CI."),
+            ("mean", "mean score per model with CI", f"Mean score with {round(cfg.ci * 100)}% question-bootstrap CI."),
             ("box", "box plot of scores per model", "Score distribution per model (box: quartiles, triangle: mean)."),
             ("hist", "score histogram per model", "Score histogram per model (dashed: mean)."),
         ) if k in figures
@@ -167,17 +167,19 @@ def build_context(data: ReportData, scores: dict[str, ModelScores], pairwise: Pa
     if pairwise is not None:
         k = {m: i for i, m in enumerate(pairwise.models)}
         rows = []
-        for m in sorted(pairwise.models, key=lambda m: -pairwise.ratings[m]):
+        for m in sorted(pairwise.models, key=rank_key(pairwise)):
             i = k[m]
-            rows.append({"model": m, "rating": f"{pairwise.ratings[m]:.0f}",
-                         "ci": f"[{pairwise.rating_ci[m][0]:.0f}, {pairwise.rating_ci[m][1]:.0f}]",
+            lo, hi = pairwise.rating_ci[m]
+            rows.append({"model": m, "rating": fmt(pairwise.ratings[m], 0), "ci": f"[{fmt(lo, 0)}, {fmt(hi, 0)}]",
                          "wins": int(pairwise.wins[i].sum()), "ties": int(pairwise.ties[i].sum()),
                          "losses": int(pairwise.wins[:, i].sum())})
-        pw = {"n": pairwise.n_judgments, "parse_errors": pairwise.parse_errors, "rows": rows,
-              "position_bias": fmt(pairwise.position_bias), "inconsistency": fmt(pairwise.inconsistency),
+        pw = {"n": pairwise.n_judgments, "parse_errors": pairwise.parse_errors, "errors": pairwise.errors,
+              "rows": rows, "position_bias": fmt(pairwise.position_bias, 3),
+              "inconsistency": fmt(pairwise.inconsistency, 3),
               "figures": [{"id": kk, "uri": figures[kk], "alt": alt, "caption": cap} for kk, alt, cap in (
                   ("heatmap", "pairwise win-rate heat map", "Win rate of the row model against the column model."),
-                  ("bt", "Bradley-Terry ranking with CIs", "Bradley-Terry ratings with bootstrap CIs."),
+                  ("bt", "Bradley-Terry ranking with CIs",
+                   "Bradley-Terry ratings with question-bootstrap CIs."),
               ) if kk in figures]}
     rows, sbs_categories = _side_by_side(data, models, cfg)
     model_meta = []
@@ -206,6 +208,7 @@ def build_context(data: ReportData, scores: dict[str, ModelScores], pairwise: Pa
         "scores": score_rows, "score_figures": score_figures, "category_rows": category_rows,
         "category_figure": figures.get("categories"), "turns": turns, "turn_rows": turn_rows,
         "turn_figure": figures.get("turns"), "pairwise": pw, "rows": rows, "categories": sbs_categories,
+        "judge_errors": judge_errors(data.judgments),
         "runs": [{"dir": str(r.dir), "judge": r.judge, "backend": r.backend or "–", "prompt": r.prompt,
                   "mode": r.mode, "question_set": r.question_set or "–", "demo": r.backend in DEMO_BACKENDS,
                   "n": sum(1 for j in data.judgments if j.get("judge") == r.judge)} for r in data.runs],

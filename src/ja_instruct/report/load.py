@@ -96,6 +96,41 @@ def _find_dir(value: str | None, base: Path) -> Path | None:
     return None
 
 
+def _judge_meta(d: Path) -> tuple[dict | None, dict, Path | None]:
+    """(summary.json, config.yaml, answers folder) of a judge folder."""
+    summary = read_json(d / "summary.json") if (d / "summary.json").is_file() else None
+    config = _read_yaml(d / "config.yaml")
+    s = summary or {}
+    answers_dir = (_find_dir(s.get("answers_dir"), d) or _find_dir(config.get("answers_dir"), d)
+                   or _find_dir("answers", d.parent))
+    return summary, config, answers_dir
+
+
+def input_fingerprints(judge_dirs: list[str | Path]) -> dict[str, str]:
+    """What a report is made from, for its manifest: each judge folder's manifest fingerprint
+    (else the hash of its judgments.jsonl + summary.json), the answer files of its answers
+    folder and its local question file. Reads only small files: deciding costs no loading."""
+    from ja_instruct.io import stable_hash
+    from ja_instruct.manifest import file_fingerprint, read_manifest
+
+    inputs: dict[str, str] = {}
+    for jd in judge_dirs:
+        d = Path(jd)
+        m = read_manifest(d, "judge")
+        inputs[f"judge:{d}"] = m.fingerprint if m is not None else stable_hash(
+            {n: file_fingerprint(d / n) for n in (JUDGMENTS, "summary.json") if (d / n).is_file()})
+        if not (d / JUDGMENTS).is_file():
+            continue  # loading reports it
+        summary, config, answers_dir = _judge_meta(d)
+        if answers_dir is not None:
+            inputs[f"answers:{answers_dir}"] = stable_hash(
+                {f.name: file_fingerprint(f) for f in sorted(answers_dir.glob("*.jsonl"))})
+        q = (summary or {}).get("question_set") or config.get("questions")
+        if q and resolve_path(q).is_file():
+            inputs[f"questions:{q}"] = file_fingerprint(resolve_path(q))
+    return inputs
+
+
 def load_judge_run(judge_dir: str | Path) -> tuple[JudgeRun, list[dict]]:
     """Read one judge folder: its judgments plus summary/config metadata."""
     d = Path(judge_dir)
@@ -108,13 +143,10 @@ def load_judge_run(judge_dir: str | Path) -> tuple[JudgeRun, list[dict]]:
         if rec.get("mode") not in ("single", "pairwise") or "question_id" not in rec:
             raise UserError("not a judgment record (needs 'mode' single|pairwise and 'question_id')",
                             file=path, line=i, hint="See the judgments format in docs/report.md.")
-    summary = read_json(d / "summary.json") if (d / "summary.json").is_file() else None
-    config = _read_yaml(d / "config.yaml")
+    summary, config, answers_dir = _judge_meta(d)
     backend_cfg = config.get("backend") if isinstance(config.get("backend"), dict) else {}
     first = judgments[0] if judgments else {}
     s = summary or {}
-    answers_dir = (_find_dir(s.get("answers_dir"), d) or _find_dir(config.get("answers_dir"), d)
-                   or _find_dir("answers", d.parent))
     run = JudgeRun(
         dir=d, config=config, summary=summary,
         judge=str(s.get("judge") or first.get("judge") or backend_cfg.get("model") or "unknown"),
@@ -199,6 +231,13 @@ def _model_provenance(info: ModelInfo, root: Path | None) -> None:
                 return
 
 
+def _identity(r: dict) -> tuple | None:
+    if not r.get("key"):
+        return None
+    return tuple(str(r.get(k)) for k in ("judge", "key", "repeat", "model", "model_a", "model_b", "order",
+                                         "question_id", "turn"))
+
+
 def load_report_data(judge_dirs: list[str | Path]) -> ReportData:
     """Load and merge judge folders (plus the answers/questions/metadata they point to)."""
     if not judge_dirs:
@@ -207,13 +246,14 @@ def load_report_data(judge_dirs: list[str | Path]) -> ReportData:
     for d in judge_dirs:
         run, recs = load_judge_run(d)
         runs.append(run)
-        for r in recs:
-            # The same judgment reached through two folders (a shared cache) is counted once.
-            k = (r.get("judge"), r.get("key"), r.get("repeat", 0)) if r.get("key") else None
-            if k is not None and k in seen:
-                continue
-            seen.add(k)
-            judgments.append(r)
+        # The same judgment reached through two folders (a shared cache) is counted once. Within
+        # one folder every record stays (two items may share a key: identical requests), so a
+        # single folder gives exactly the records its summary.json was computed from.
+        ids = [_identity(r) for r in recs]
+        for k, r in zip(ids, recs):
+            if k is None or k not in seen:
+                judgments.append(r)
+        seen.update(k for k in ids if k is not None)
     if not judgments:
         raise UserError("the judge folders hold no judgments", file=runs[0].dir / JUDGMENTS,
                         hint="Run `ja-instruct judge` first.")

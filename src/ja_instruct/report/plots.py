@@ -78,8 +78,9 @@ def _fig(w: float, h: float):
     return plt.subplots(figsize=(w, h))
 
 
-def mean_ci(models: list[str], means: list[float], cis: list[tuple[float, float]], fmt="png", dpi=110) -> str:
-    """Mean score per model with its bootstrap CI (horizontal, best at the top)."""
+def mean_ci(models: list[str], means: list[float], cis: list[tuple[float, float]], fmt="png", dpi=110,
+            ci_pct: int = 95) -> str:
+    """Mean score per model with its bootstrap CI (horizontal, best at the top; no bar where NaN)."""
     with _style():
         fig, ax = _fig(7, 0.5 * len(models) + 1.2)
         y = np.arange(len(models))[::-1]
@@ -90,7 +91,7 @@ def mean_ci(models: list[str], means: list[float], cis: list[tuple[float, float]
         ax.errorbar(m, y, xerr=[np.nan_to_num(lo), np.nan_to_num(hi)], fmt="none", ecolor="black", capsize=4)
         ax.set_yticks(y, models)
         ax.set_xlim(0, 10)
-        ax.set_xlabel("mean score (1-10) with 95% bootstrap CI")
+        ax.set_xlabel(f"mean score (1-10) with {ci_pct}% question-bootstrap CI")
         return to_data_uri(fig, fmt, dpi)
 
 
@@ -173,16 +174,17 @@ def win_rate_heatmap(models: list[str], win_rate: np.ndarray, fmt="png", dpi=110
 
 
 def bt_ranking(models: list[str], ratings: dict[str, float], ci: dict[str, tuple[float, float]],
-               fmt="png", dpi=110) -> str:
-    """Bradley-Terry ratings (Elo-like scale) with bootstrap CIs, best at the top."""
+               fmt="png", dpi=110, ci_pct: int = 95) -> str:
+    """Bradley-Terry ratings (Elo-like scale) with bootstrap CIs, best at the top (unrated models left out)."""
     with _style():
-        order = sorted(models, key=lambda m: ratings[m])
+        order = sorted((m for m in models if np.isfinite(ratings[m])), key=lambda m: ratings[m])
         fig, ax = _fig(7, 0.45 * len(models) + 1.3)
         y = np.arange(len(order))
         r = np.array([ratings[m] for m in order])
         lo = r - np.array([ci[m][0] for m in order])
         hi = np.array([ci[m][1] for m in order]) - r
-        ax.errorbar(r, y, xerr=[lo, hi], fmt="o", color=COLORS[0], ecolor="gray", capsize=4)
+        ax.errorbar(r, y, xerr=[np.nan_to_num(lo), np.nan_to_num(hi)], fmt="o", color=COLORS[0], ecolor="gray",
+                    capsize=4)
         ax.set_yticks(y, order)
-        ax.set_xlabel("Bradley-Terry rating (Elo scale, 1000 = average) with 95% bootstrap CI")
+        ax.set_xlabel(f"Bradley-Terry rating (Elo scale, 1000 = average) with {ci_pct}% question-bootstrap CI")
         return to_data_uri(fig, fmt, dpi)

@@ -1,8 +1,11 @@
-"""The numbers of a report: bootstrap CIs, per-category/turn means, health, pairwise ratings.
+"""The numbers of a report: mean scores, Bradley-Terry ratings, bias measures, judge errors, health.
 
-Everything is computed from the judgment records themselves (not from the judge's
-summary.json), so several judge folders can be merged and the same code serves a
-FastChat import. Bootstraps are seeded: the same inputs give the same report.
+Every statistic is computed by the judge summary's own functions
+(`ja_instruct.judge.summary.single_models` / `pairwise_block`, built on `ja_instruct.stats`)
+from the judgment records, so several judge folders can be merged, a FastChat import
+works, and one judge folder reported with its summary's bootstrap size and seed
+(`bootstrap_params`) shows exactly the numbers of its summary.json. This module only
+reshapes them for the page (plus what only the page shows: medians, score lists, health).
 """
 
 from __future__ import annotations
@@ -13,27 +16,28 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-ELO_SCALE = 400.0 / math.log(10.0)  # Bradley-Terry log-strength -> Elo-like points
-ELO_BASE = 1000.0
+from ja_instruct.judge.summary import pairwise_block, single_models
+from ja_instruct.stats import ci_key, is_ok
 
 
-def bootstrap_ci(values, n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (NaN, NaN when empty)."""
-    x = np.asarray(list(values), dtype=float)
-    if x.size == 0:
-        return (math.nan, math.nan)
-    if x.size == 1:
-        return (float(x[0]), float(x[0]))
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
-    a = (1.0 - ci) / 2.0
-    lo, hi = np.quantile(means, [a, 1.0 - a])
-    return (float(lo), float(hi))
+def bootstrap_params(runs, bootstrap: int, seed: int) -> tuple[int, int]:
+    """(bootstrap, seed) of a report: one judge folder whose summary.json records its own
+    (``stats.bootstrap`` > 0, ``stats.seed``) is reported with those, so its figures are
+    exactly the summary's; merged folders (or a summary that does not say) use the report's."""
+    if len(runs) == 1 and isinstance((runs[0].summary or {}).get("stats"), dict):
+        st = runs[0].summary["stats"]
+        if isinstance(st.get("bootstrap"), int) and st["bootstrap"] > 0 and isinstance(st.get("seed"), int):
+            return st["bootstrap"], st["seed"]
+    return bootstrap, seed
+
+
+def _pair(ci) -> tuple[float, float]:
+    return (float(ci[0]), float(ci[1])) if ci else (math.nan, math.nan)
 
 
 @dataclass
 class ModelScores:
-    """Single-answer grading results of one model."""
+    """Single-answer grading results of one model (``errors``: refused judge calls, never averaged)."""
 
     model: str
     scores: list[float]
@@ -43,6 +47,7 @@ class ModelScores:
     median: float
     ci: tuple[float, float]
     parse_errors: int
+    errors: int = 0
     per_category: dict[str, float] = field(default_factory=dict)
     per_category_n: dict[str, int] = field(default_factory=dict)
     per_turn: dict[int, float] = field(default_factory=dict)
@@ -50,31 +55,38 @@ class ModelScores:
 
 
 def single_scores(judgments: list[dict], n_boot: int, ci: float, seed: int) -> dict[str, ModelScores]:
-    """Mean ± bootstrap CI, per-category and per-turn means of every single-graded model."""
-    by_model: dict[str, list[dict]] = defaultdict(list)
-    for r in judgments:
-        if r.get("mode") == "single" and r.get("model"):
-            by_model[r["model"]].append(r)
+    """Mean with its cluster-bootstrap CI, per-category and per-turn means of every single-graded model."""
+    recs = [r for r in judgments if r.get("mode") == "single" and r.get("model")]
+    models = sorted({r["model"] for r in recs})
+    blocks = single_models(recs, models, n_boot, seed, levels=(ci,))
+    ok: dict[str, list[dict]] = defaultdict(list)
+    for r in recs:
+        if is_ok(r) and r.get("score") is not None:
+            ok[r["model"]].append(r)
     out = {}
-    for i, (m, recs) in enumerate(sorted(by_model.items())):
-        ok = [r for r in recs if r.get("status", "ok") == "ok" and r.get("score") is not None]
-        s = [float(r["score"]) for r in ok]
-        cats: dict[str, list[float]] = defaultdict(list)
-        turns: dict[int, list[float]] = defaultdict(list)
-        for r in ok:
-            cats[str(r.get("category") or "uncategorised")].append(float(r["score"]))
-            turns[int(r.get("turn") or 1)].append(float(r["score"]))
+    for m in models:
+        b, s = blocks[m], [float(r["score"]) for r in ok[m]]
+        cat_n: dict[str, int] = defaultdict(int)
+        for r in ok[m]:
+            cat_n[str(r.get("category") or "uncategorised")] += 1
         out[m] = ModelScores(
-            model=m, scores=s, n=len(s),
-            mean=float(np.mean(s)) if s else math.nan,
-            std=float(np.std(s, ddof=1)) if len(s) > 1 else 0.0,
-            median=float(np.median(s)) if s else math.nan,
-            ci=bootstrap_ci(s, n_boot, ci, seed + i),
-            parse_errors=sum(1 for r in recs if r.get("status") == "parse_error"),
-            per_category={c: float(np.mean(v)) for c, v in sorted(cats.items())},
-            per_category_n={c: len(v) for c, v in sorted(cats.items())},
-            per_turn={t: float(np.mean(v)) for t, v in sorted(turns.items())},
-        )
+            model=m, scores=s, n=b["n"], mean=b["mean"] if b["mean"] is not None else math.nan,
+            std=b["std"] if b["std"] is not None else math.nan, median=float(np.median(s)) if s else math.nan,
+            ci=_pair(b[ci_key(ci)]), parse_errors=b["parse_errors"], errors=b["errors"],
+            per_category=b["per_category"], per_category_n=dict(sorted(cat_n.items())),
+            per_turn={int(t): v for t, v in b["per_turn"].items()})
+    return out
+
+
+def judge_errors(judgments: list[dict]) -> list[dict]:
+    """The judgments whose judge call was refused or failed (``status: error``), with their message."""
+    out = []
+    for r in judgments:
+        if r.get("status") == "error":
+            models = r.get("model") or f"{r.get('model_a')} vs {r.get('model_b')}"
+            out.append({"models": models, "question_id": str(r.get("question_id")), "turn": r.get("turn", 1),
+                        "order": r.get("order") or "", "judge": r.get("judge") or "",
+                        "message": str(r.get("error") or "(no message)")})
     return out
 
 
@@ -118,117 +130,44 @@ def answer_health(answers: dict[str, dict], min_ja_ratio: float, max_repeat_rati
 
 @dataclass
 class Pairwise:
-    """Pairwise results: counts, win-rate matrix, Bradley-Terry ratings, bias measures."""
+    """Pairwise results: pair counts, win-rate matrix, Bradley-Terry ratings, bias measures."""
 
     models: list[str]
-    wins: np.ndarray      # wins[i, j]: times i beat j
+    wins: np.ndarray      # wins[i, j]: pairs (both orders combined) i won against j
     ties: np.ndarray
     n_judgments: int
     parse_errors: int
-    win_rate: np.ndarray  # (wins + ties/2) / games, NaN where never compared
-    ratings: dict[str, float]
+    errors: int
+    win_rate: np.ndarray  # (wins + ties/2) / pairs, NaN where never compared
+    ratings: dict[str, float]  # NaN for a model none of whose judgments counted
     rating_ci: dict[str, tuple[float, float]]
     position_bias: float | None
     inconsistency: float | None
+    home_advantage: float | None = None
 
 
-def bradley_terry(wins: np.ndarray, ties: np.ndarray, iters: int = 500, tol: float = 1e-9) -> np.ndarray:
-    """Bradley-Terry log-strengths by Hunter's MM algorithm; a tie counts half a win each way.
-
-    A small prior (one half-game against every other model, split evenly) keeps a
-    model that won or lost everything finite. Returned centred at 0.
-    """
-    k = wins.shape[0]
-    w = wins + 0.5 * ties + 0.5 * (1 - np.eye(k)) * 0.5  # prior: 0.25 win each way per pair
-    games = w + w.T
-    p = np.ones(k)
-    for _ in range(iters):
-        denom = (games / (p[:, None] + p[None, :])).sum(axis=1)
-        new = w.sum(axis=1) / np.maximum(denom, 1e-12)
-        new /= np.exp(np.mean(np.log(new)))
-        if np.max(np.abs(new - p)) < tol:
-            p = new
-            break
-        p = new
-    theta = np.log(p)
-    return theta - theta.mean()
+def rank_key(pairwise: Pairwise):
+    """Sort key of models by rating, best first (unrated last)."""
+    return lambda m: -pairwise.ratings[m] if not math.isnan(pairwise.ratings[m]) else math.inf
 
 
-def _order_of(r: dict) -> bool | None:
-    """True if model_a was shown second (the judge saw B first), when the record says so."""
-    if "swapped" in r:
-        return bool(r["swapped"])
-    order = r.get("order")
-    if order in ("AB", "BA"):
-        return order == "BA"
-    return None
-
-
-def pairwise_stats(judgments: list[dict], n_boot: int, ci: float, seed: int,
-                   summary: dict | None = None) -> Pairwise | None:
-    """Win/tie counts, win rates and Bradley-Terry ratings (bootstrap CIs over judgments)."""
+def pairwise_stats(judgments: list[dict], n_boot: int, ci: float, seed: int) -> Pairwise | None:
+    """Win/tie counts, win rates, Bradley-Terry ratings with cluster-bootstrap CIs, position bias."""
     recs = [r for r in judgments if r.get("mode") == "pairwise" and r.get("model_a") and r.get("model_b")]
     if not recs:
         return None
-    ok = [r for r in recs if r.get("status", "ok") == "ok" and r.get("verdict") in ("A", "B", "tie")]
     models = sorted({r["model_a"] for r in recs} | {r["model_b"] for r in recs})
-    idx = {m: i for i, m in enumerate(models)}
-    k = len(models)
-
-    def counts(rows) -> tuple[np.ndarray, np.ndarray]:
-        w, t = np.zeros((k, k)), np.zeros((k, k))
-        for r in rows:
-            a, b = idx[r["model_a"]], idx[r["model_b"]]
-            if r["verdict"] == "A":
-                w[a, b] += 1
-            elif r["verdict"] == "B":
-                w[b, a] += 1
-            else:
-                t[a, b] += 1
-                t[b, a] += 1
-        return w, t
-
-    wins, ties = counts(ok)
+    _, sec = pairwise_block(recs, models, n_boot, seed, levels=(ci,))
+    wins, ties = np.array(sec["wins"], dtype=float), np.array(sec["ties"], dtype=float)
     games = wins + wins.T + ties
     with np.errstate(invalid="ignore", divide="ignore"):
         win_rate = np.where(games > 0, (wins + 0.5 * ties) / games, np.nan)
-    theta = bradley_terry(wins, ties)
-    rng = np.random.default_rng(seed)
-    boots = []
-    if ok:
-        for _ in range(min(n_boot, 1000)):  # the MM fit is cheap but not free: 1000 is plenty
-            sample = [ok[i] for i in rng.integers(0, len(ok), size=len(ok))]
-            boots.append(bradley_terry(*counts(sample)))
-    a = (1.0 - ci) / 2.0
-    ratings = {m: ELO_BASE + ELO_SCALE * theta[i] for m, i in idx.items()}
-    if boots:
-        b = np.array(boots)
-        lo, hi = np.quantile(b, [a, 1 - a], axis=0)
-        rating_ci = {m: (ELO_BASE + ELO_SCALE * lo[i], ELO_BASE + ELO_SCALE * hi[i]) for m, i in idx.items()}
-    else:
-        rating_ci = {m: (ratings[m], ratings[m]) for m in models}
-
-    # Position bias: among decisive verdicts whose presentation order is recorded, the share
-    # won by whichever answer was shown first (0.5 = no bias). Inconsistency: among items
-    # judged in both orders, the share whose two verdicts disagree.
-    first_wins = decisive = 0
-    groups: dict[tuple, list[str]] = defaultdict(list)
-    for r in ok:
-        swapped = _order_of(r)
-        if swapped is not None and r["verdict"] != "tie":
-            decisive += 1
-            first_wins += (r["verdict"] == "A") != swapped
-        key = (r["question_id"], r.get("turn", 1), r.get("judge"), r.get("repeat", 0),
-               tuple(sorted((r["model_a"], r["model_b"]))))
-        # normalise the verdict to the sorted pair so the two orders compare
-        v = r["verdict"]
-        if v != "tie" and r["model_a"] != key[-1][0]:
-            v = "B" if v == "A" else "A"
-        groups[key].append(v)
-    s = (summary or {}).get("pairwise") or {}
-    position_bias = first_wins / decisive if decisive else s.get("position_bias")
-    both = [v for v in groups.values() if len(v) >= 2]
-    inconsistency = (sum(1 for v in both if len(set(v)) > 1) / len(both)) if both else s.get("inconsistency")
-    return Pairwise(models=models, wins=wins, ties=ties, n_judgments=len(recs),
-                    parse_errors=len(recs) - len(ok), win_rate=win_rate, ratings=ratings,
-                    rating_ci=rating_ci, position_bias=position_bias, inconsistency=inconsistency)
+    bt = sec["bt"]
+    return Pairwise(
+        models=models, wins=wins, ties=ties, n_judgments=len(recs),
+        parse_errors=sum(r.get("status") == "parse_error" for r in recs),
+        errors=sum(r.get("status") == "error" for r in recs), win_rate=win_rate,
+        ratings={m: bt[m]["rating"] if bt[m]["rating"] is not None else math.nan for m in models},
+        rating_ci={m: _pair(bt[m][ci_key(ci)]) for m in models},
+        position_bias=sec["position_bias"], inconsistency=sec["inconsistency"],
+        home_advantage=sec["home_advantage"])

@@ -12,10 +12,11 @@ from ja_instruct.report.stats import HEALTH_FLAGS, ModelScores, Pairwise
 
 def scores_csv(models: list[str], scores: dict[str, ModelScores], health: dict[str, dict | None],
                pairwise: Pairwise | None) -> str:
-    """One row per model: n, mean, CI, std, median, parse errors, health shares, per-category/turn means, BT rating."""
+    """One row per model: n, mean, CI, std, median, parse errors, judge errors, health shares,
+    per-category/turn means, BT rating and CI."""
     cats = sorted({c for s in scores.values() for c in s.per_category})
     turns = sorted({t for s in scores.values() for t in s.per_turn})
-    header = (["model", "n", "mean", "ci_low", "ci_high", "std", "median", "parse_errors"]
+    header = (["model", "n", "mean", "ci_low", "ci_high", "std", "median", "parse_errors", "errors"]
               + [f"health_{f}" for f in HEALTH_FLAGS + ("any",)]
               + [f"category:{c}" for c in cats] + [f"turn:{t}" for t in turns]
               + ["bt_rating", "bt_ci_low", "bt_ci_high"])
@@ -30,8 +31,8 @@ def scores_csv(models: list[str], scores: dict[str, ModelScores], health: dict[s
         s = scores.get(m)
         h = health.get(m) or {}
         row = [m]
-        row += [s.n, num(s.mean), num(s.ci[0]), num(s.ci[1]), num(s.std), num(s.median), s.parse_errors] if s \
-            else ["", "", "", "", "", "", ""]
+        row += [s.n, num(s.mean), num(s.ci[0]), num(s.ci[1]), num(s.std), num(s.median), s.parse_errors, s.errors] \
+            if s else [""] * 8
         row += [num(h.get(f)) for f in HEALTH_FLAGS + ("any",)]
         row += [num(s.per_category.get(c)) if s else "" for c in cats]
         row += [num(s.per_turn.get(t)) if s else "" for t in turns]
@@ -59,8 +60,9 @@ def summary_md(ctx: dict, scores: dict[str, ModelScores], pairwise: Pairwise | N
             f"{ctx['n_questions']} questions · generated {ctx['generated']}", ""]
     if ctx["scores"]:
         out += ["## Scores (1-10)", ""]
-        out += _md_table(["model", "n", "mean", f"{ctx['ci_pct']}% CI", "std", "parse errors", "health (flagged turns)"],
-                         [[r["model"], r["n"], r["mean"], r["ci"], r["std"], r["parse_errors"],
+        out += _md_table(["model", "n", "mean", f"{ctx['ci_pct']}% CI", "std", "parse errors", "judge errors",
+                          "health (flagged turns)"],
+                         [[r["model"], r["n"], r["mean"], r["ci"], r["std"], r["parse_errors"], r["errors"],
                            ", ".join(f"{k} {v}" for k, v in r["health"]) if r["health"] else "n/a"]
                           for r in ctx["scores"]])
         out += ["", "## Per category", ""]
@@ -72,11 +74,19 @@ def summary_md(ctx: dict, scores: dict[str, ModelScores], pairwise: Pairwise | N
     if pairwise is not None:
         pw = ctx["pairwise"]
         out += ["", "## Pairwise (Bradley-Terry)", "",
-                f"Position bias {pw['position_bias']} (0.5 = none) · inconsistency {pw['inconsistency']} · "
-                f"{pw['n']} judgments, {pw['parse_errors']} parse errors", ""]
+                f"Position bias {pw['position_bias']} ((first-shown wins - second-shown wins) / decisive; 0 = none) · "
+                f"inconsistency {pw['inconsistency']} · {pw['n']} judgments, {pw['parse_errors']} parse errors, "
+                f"{pw['errors']} judge errors · wins/ties/losses count pairs (both orders combined)", ""]
         out += _md_table(["rank", "model", "rating", f"{ctx['ci_pct']}% CI", "wins", "ties", "losses"],
                          [[i, r["model"], r["rating"], r["ci"], r["wins"], r["ties"], r["losses"]]
                           for i, r in enumerate(pw["rows"], 1)])
+    if ctx["judge_errors"]:
+        out += ["", "## Judge errors", "",
+                f"{len(ctx['judge_errors'])} judgment(s) could not be made (the judge call was refused or failed); "
+                "they are in no mean, rating or count above.", ""]
+        out += _md_table(["model(s)", "question", "turn", "order", "judge", "error"],
+                         [[e["models"], e["question_id"], e["turn"], e["order"], e["judge"], e["message"]]
+                          for e in ctx["judge_errors"]])
     lic = [(m["id"], m["licences"].replace("\n", "; ")) for m in ctx["model_meta"] if m["licences"]]
     if lic:
         out += ["", "## Training-data licences", ""] + _md_table(["model", "licences"], lic)

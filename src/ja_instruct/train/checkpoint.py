@@ -1,12 +1,17 @@
 """Sharded, atomic, resumable checkpoints with ``torch.distributed.checkpoint`` (DCP).
 
-Layout under ``<out>/checkpoints/``::
+Layout under ``<out>/checkpoints/``: one folder per run (a run = one weights config +
+one set of inputs, `ja_instruct.train.identity.run_id`), so a changed config starts a
+fresh run next to the old one and never resumes a checkpoint made under another config::
 
-    step_00000012/      one checkpoint (DCP shards of model + optimiser, one file per rank,
-        .metadata       plus rank<r>.pt: scheduler, RNG states and the trainer state)
-        rank0.pt
-        ...
-    latest              name of the newest complete checkpoint, written last
+    <run id>/
+        run.json            the run's config and inputs (to say what differs from another run)
+        step_00000012/      one checkpoint (DCP shards of model + optimiser, one file per rank,
+            .metadata       plus rank<r>.pt: scheduler, RNG states and the trainer state)
+            rank0.pt
+            ...
+        latest              name of the newest complete checkpoint, written last
+        metrics.jsonl       the run's metrics, parked here while another run owns <out>/metrics.jsonl
 
 Atomicity: every rank writes into ``.tmp-step_...``; after a barrier rank 0 renames the
 folder (atomic on one filesystem) and then rewrites ``latest`` (atomically). A run killed
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -29,10 +35,11 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from ja_instruct.io import stable_hash, write_text
-from ja_instruct.train.model import Dist
+from ja_instruct.io import read_json, write_json, write_text
+from ja_instruct.train.distributed import Dist
 
 LATEST = "latest"
+RUN_INFO = "run.json"
 
 
 def step_dir_name(step: int) -> str:
@@ -128,6 +135,37 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     return extras["trainer"]
 
 
-def config_hash(obj: dict) -> str:
-    """A short stable hash of the settings that change the result of training."""
-    return stable_hash(obj)
+def write_run_info(run_dir: Path, run: str, config: dict, inputs: dict[str, str]) -> None:
+    """Record what a run is made of (``<run dir>/run.json``), once, when it starts."""
+    write_json(run_dir / RUN_INFO, {"run": run, "config": config, "inputs": inputs,
+                                    "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                    "started_ns": time.time_ns()})
+
+
+def previous_run(ckpt_root: Path, run: str) -> dict | None:
+    """The ``run.json`` of the most recently started OTHER run under ``ckpt_root``, or None."""
+    infos = []
+    for p in ckpt_root.glob(f"*/{RUN_INFO}"):
+        if p.parent.name == run:
+            continue
+        try:
+            infos.append(read_json(p))
+        except Exception:  # a damaged run.json only costs the "what changed" line
+            continue
+    infos = [i for i in infos if isinstance(i, dict)]
+    return max(infos, key=lambda i: i.get("started_ns") or 0, default=None)
+
+
+def prune_other_runs(ckpt_root: Path, keep: str) -> list[str]:
+    """Delete everything under ``ckpt_root`` but the run ``keep`` (other configs' checkpoints,
+    and step folders of the older flat layout); returns the names removed."""
+    removed = []
+    for p in sorted(ckpt_root.iterdir()) if ckpt_root.is_dir() else []:
+        if p.name == keep:
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p.name)
+    return removed

@@ -1,4 +1,4 @@
-"""``ja-instruct train RECIPE [--out DIR] [--set train.KEY=VALUE]``.
+"""``ja-instruct train RECIPE [--out DIR] [--restart] [--set train.KEY=VALUE]``.
 
 The same command runs in one process or on N ranks::
 
@@ -20,19 +20,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train", help="supervised fine-tuning with PyTorch FSDP2 (one process or under torchrun)",
         description="Train the recipe's 'train' section on the dataset built by `ja-instruct data build` "
-                    "(built first when missing). Writes <out>/checkpoints, metrics.jsonl, tensorboard/ and "
-                    "the exported HF model <out>/final. Re-running resumes from the latest checkpoint; a "
-                    "complete final model for the same config is not trained again.")
+                    "(built or brought up to date first from the recipe's data section). Writes "
+                    "<out>/final (the exported HF model), checkpoints/<run>/, metrics.jsonl, tensorboard/ "
+                    "and manifest.json (last). Nothing is done when final/ is up to date for this config, "
+                    "dataset and base model; a killed run resumes from its latest checkpoint; a changed "
+                    "config trains a new run from step 0 (the log says what changed).")
     add_recipe_arguments(p, "train", TrainConfig)
+    p.add_argument("--restart", action="store_true",
+                   help="discard this config's checkpoints and train from step 0 (even when up to date)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``train``: heavy imports happen here, not at ``--help`` time."""
-    from ja_instruct.train.loop import run_training
+    from ja_instruct.train.stage import run_training
 
     recipe = load_recipe_from_args(args)
     recipe.require("train")
-    final = run_training(recipe, args.out)
+    final = run_training(recipe, args.out, restart=args.restart)
     print(final)
     return 0

@@ -62,8 +62,9 @@ class TrainConfig(StrictModel):
     """Prompt format used to render the conversations (``plamo``, ``llmjp-alpaca`` or ``tokenizer``);
     it is installed as the exported tokenizer's chat template."""
     dataset_dir: str | None = None
-    """Dataset directory written by ``ja-instruct data build``; default ``<out_dir>/data`` of the
-    recipe (built first from the recipe's ``data`` section when it is missing)."""
+    """Dataset directory written by ``ja-instruct data build``; default: the recipe's data stage
+    folder (``<out_dir>/data`` or its ``--out``), built or brought up to date first from the
+    recipe's ``data`` section. A folder given here is only built when it does not exist."""
     max_length: int = Field(2048, ge=8)
     """Tokens per training row (the context length); must not exceed the model's
     ``max_position_embeddings``."""

@@ -9,8 +9,12 @@ What a user needs to run the model with nothing but transformers:
 * ``generation_config.json`` with the PLaMo card's sampling defaults;
 * ``README.md``, a model card: base model, training sources and their licences,
   hyper-parameters;
-* ``.complete``: a marker written last, holding the config hash (the pipeline skips
-  the stage when it matches).
+* ``.complete``: a marker written last, holding the fingerprint of the train manifest
+  that describes this folder (`ja_instruct.train.identity.final_is_complete`).
+
+The folder is written beside ``final`` and swapped in by renames, so ``final`` is never
+half-written; the stage removes its manifest before training and writes it after the swap,
+so an old ``final`` left by a killed retrain never passes for the current one.
 
 The full (unsharded) state dict is gathered with ``get_model_state_dict(full_state_dict=True,
 cpu_offload=True)``: every rank takes part, rank 0 ends up with CPU tensors and writes.
@@ -18,7 +22,6 @@ cpu_offload=True)``: every rank takes part, rank 0 ends up with CPU tensors and 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -28,22 +31,10 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from ja_instruct.io import read_json, write_json, write_text
 from ja_instruct.train.config import TrainConfig
-from ja_instruct.train.model import Dist
-
-COMPLETE = ".complete"
+from ja_instruct.train.distributed import Dist
+from ja_instruct.train.identity import COMPLETE, FINAL
 
 _DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-
-
-def final_is_complete(final_dir: Path, chash: str) -> bool:
-    """True when ``final_dir`` was fully written by a run with the same config hash."""
-    marker = final_dir / COMPLETE
-    if not marker.is_file():
-        return False
-    try:
-        return json.loads(marker.read_text()).get("config_hash") == chash
-    except (json.JSONDecodeError, OSError):
-        return False
 
 
 def save_dtype(cfg: TrainConfig, base_config) -> torch.dtype:
@@ -56,11 +47,12 @@ def save_dtype(cfg: TrainConfig, base_config) -> torch.dtype:
 
 
 def export_final(model: torch.nn.Module, cfg: TrainConfig, model_path: str, tokenizer, template_name: str,
-                 out_dir: Path, d: Dist, card: dict, chash: str) -> Path:
-    """Write ``out_dir/final`` (every rank calls this; rank 0 writes). Returns the folder."""
+                 out_dir: Path, d: Dist, card: dict, fingerprint: str) -> Path:
+    """Write ``out_dir/final`` (every rank calls this; rank 0 writes), marked complete for the
+    train manifest ``fingerprint``. Returns the folder."""
     # Collective: every rank must take part in gathering the full weights.
     full_sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    final = out_dir / "final"
+    final = out_dir / FINAL
     if d.is_main:
         tmp = out_dir / ".final.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -73,12 +65,21 @@ def export_final(model: torch.nn.Module, cfg: TrainConfig, model_path: str, toke
         _write_tokenizer(tokenizer, template_name, tmp)
         _write_generation_config(cfg, tokenizer, model_path, tmp)
         write_text(tmp / "README.md", model_card(cfg, card))
-        write_json(tmp / COMPLETE, {"config_hash": chash})  # last: marks the folder complete
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        write_json(tmp / COMPLETE, {"fingerprint": fingerprint})  # last: marks the folder complete
+        _swap_in(tmp, final)
     d.barrier()
     return final
+
+
+def _swap_in(new: Path, final: Path) -> None:
+    """Replace the folder ``final`` by ``new`` with renames (a folder cannot be renamed over a
+    non-empty one): the old one moves aside first and is deleted last."""
+    old = final.parent / ".final.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_full(sd: dict, cfg: TrainConfig, model_path: str, out: Path) -> None:
@@ -107,9 +108,7 @@ def _write_lora(sd: dict, cfg: TrainConfig, model_path: str, out: Path) -> None:
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from transformers import AutoModelForCausalLM
 
-    from ja_instruct.train.model import apply_lora
-
-    from ja_instruct.train.model import config_overrides
+    from ja_instruct.train.model import apply_lora, config_overrides
 
     base = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code,
                                                 **config_overrides(cfg))

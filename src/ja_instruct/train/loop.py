@@ -1,11 +1,13 @@
-"""The training loop, top to bottom: `run_training(recipe) -> <out>/final`.
+"""The training loop: `fit(prepared, ...)` trains one run to its last step.
 
-    check inputs (cheap) -> tokenise + pack -> model (+LoRA, FSDP2) -> AdamW + cosine
-    -> resume from the latest checkpoint -> for each step: micro-batches, loss per
-    supervised token of the whole global batch, clip, step -> checkpoints -> export.
+    rows (packed examples) + the deterministic order -> model (+LoRA, FSDP2) -> AdamW +
+    cosine -> resume from the run's latest checkpoint -> for each step: micro-batches,
+    loss per supervised token of the whole global batch, clip, step -> checkpoints.
 
-Run it as one process (``ja-instruct train RECIPE``) or under torchrun (the same
-command after ``torchrun --nproc_per_node N -m ja_instruct.cli``): see docs/training.md.
+Which run, whether it is up to date, the export and the manifest are the stage's business
+(`ja_instruct.train.stage`). Run it as one process (``ja-instruct train RECIPE``) or under
+torchrun (the same command after ``torchrun --nproc_per_node N -m ja_instruct.cli``): see
+docs/training.md.
 """
 
 from __future__ import annotations
@@ -13,54 +15,45 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import signal
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ja_instruct.config import save_config
-from ja_instruct.errors import UserError
 from ja_instruct.io import JsonlAppender, read_jsonl_store, write_jsonl
 from ja_instruct.train import checkpoint as ckpt
-from ja_instruct.train.export import export_final, final_is_complete
-from ja_instruct.train.model import (Dist, build_model, build_optimizer, compute_dtype, cosine_schedule,
-                                     is_fsdp, setup_distributed, teardown_distributed)
+from ja_instruct.train.distributed import Dist
+from ja_instruct.train.model import build_model, compute_dtype, is_fsdp
+from ja_instruct.train.optim import build_optimizer, cosine_schedule
 from ja_instruct.train.packing import IGNORE_INDEX, StepSampler, build_rows, collate
-from ja_instruct.train.prepare import Prepared, prepare
+from ja_instruct.train.prepare import Prepared
 
 log = logging.getLogger(__name__)
 
-# Test hook: SIGKILL this process right after optimiser step N (simulates a crash / preemption).
-FAIL_AT_STEP_ENV = "JA_INSTRUCT_TRAIN_FAIL_AT_STEP"
+
+@dataclass
+class Fitted:
+    """A trained run: the (possibly sharded) model and the facts the model card reports."""
+
+    model: torch.nn.Module
+    total_steps: int
+    dtype: torch.dtype
+    start_step: int
 
 
-def run_training(recipe, out_dir: str | Path | None = None) -> Path:
-    """Train the recipe's ``train`` section; returns the exported HF model folder ``<out>/final``.
+def fit(p: Prepared, out: Path, run_dir: Path, run: str, d: Dist, *,
+        on_step: Callable[[int], None] | None = None) -> Fitted:
+    """Train run ``run`` (checkpoints in ``run_dir``) to its last step, resuming its latest
+    checkpoint exactly; metrics go to ``<out>/metrics.jsonl`` and ``<out>/tensorboard/<run>``.
 
-    Resumable: an existing complete ``final`` for the same config is returned at once; an
-    existing checkpoint is resumed exactly. Every rank of a torchrun job calls this.
+    ``on_step(step)`` is called on every rank after each optimiser step (and its checkpoint):
+    a place for progress hooks, and for tests that kill the process at a given step.
     """
-    d = setup_distributed()
-    try:
-        return _run(recipe, Path(out_dir) if out_dir is not None else recipe.stage_dir("train"), d)
-    finally:
-        teardown_distributed(d)
-
-
-def _run(recipe, out: Path, d: Dist) -> Path:
-    # 1. Everything that can be wrong with the inputs is checked here, before any model is loaded.
-    p: Prepared = prepare(recipe, out, d)
     cfg = p.cfg
-    final = out / "final"
-    if final_is_complete(final, p.config_hash):
-        if d.is_main:
-            log.info("train: %s is complete for this config; skipping", final)
-        return final
-
-    # 2. Rows (packed examples) and the deterministic order of the whole run.
+    # 1. Rows (packed examples) and the deterministic order of the whole run.
     rows = build_rows(p.examples, cfg.max_length, cfg.packing)
     sampler = StepSampler(len(rows), cfg.global_batch_size, cfg.micro_batch_size, d.world_size, d.rank, p.seed)
     total_steps = cfg.epochs * sampler.steps_per_epoch
@@ -68,8 +61,6 @@ def _run(recipe, out: Path, d: Dist) -> Path:
         total_steps = min(total_steps, cfg.max_steps)
     dtype = compute_dtype(cfg, d.device)
     if d.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out)
         n_tok = sum(len(e.input_ids) for e in p.examples)
         log.info("train: %d examples -> %d rows of <= %d tokens (%.1f%% padding); %d steps/epoch, %d steps",
                  len(p.examples), len(rows), cfg.max_length, 100 * (1 - n_tok / (len(rows) * cfg.max_length))
@@ -78,7 +69,7 @@ def _run(recipe, out: Path, d: Dist) -> Path:
                  cfg.global_batch_size, cfg.micro_batch_size, p.grad_accum, d.world_size,
                  str(dtype).replace("torch.", ""), d.device)
 
-    # 3. Model, optimiser, schedule. The seed fixes LoRA's initialisation (and dropout).
+    # 2. Model, optimiser, schedule. The seed fixes LoRA's initialisation (and dropout).
     torch.manual_seed(p.seed)
     model = build_model(cfg, p.model_path, d, dtype)
     optimizer = build_optimizer(model, cfg, d.device)
@@ -89,24 +80,19 @@ def _run(recipe, out: Path, d: Dist) -> Path:
                 else contextlib.nullcontext())
     torch.manual_seed(p.seed + d.rank)  # per-rank dropout streams
 
-    # 4. Resume: model, optimiser, scheduler, RNG; the data position is the step number.
-    ckpt_root = out / "checkpoints"
+    # 3. Resume: model, optimiser, scheduler, RNG; the data position is the step number.
     step, seen = 0, {"tokens": 0, "supervised_tokens": 0}
-    latest = ckpt.latest_checkpoint(ckpt_root)
+    latest = ckpt.latest_checkpoint(run_dir)
     if latest is not None:
-        state = ckpt.read_trainer_state(latest)
-        if state.get("config_hash") != p.config_hash:
-            raise UserError(f"the checkpoints in {ckpt_root} were made with a different train config",
-                            hint="Use another --out, or delete that folder to start over.")
         state = ckpt.load_checkpoint(latest, model, optimizer, scheduler, d)
         step, seen = state["step"], state["seen"]
         if d.is_main:
-            log.info("train: resumed from %s (step %d)", latest.name, step)
-    metrics = _open_metrics(out / "metrics.jsonl", step) if d.is_main else None
-    tb = _tensorboard(out / "tensorboard", cfg.tensorboard) if d.is_main else None
+            log.info("train: resumed from %s (step %d of %d)", latest.name, step, total_steps)
+    start_step = step
+    metrics = _open_metrics(out / "metrics.jsonl", run_dir, run, step) if d.is_main else None
+    tb = _tensorboard(out / "tensorboard" / run, cfg.tensorboard) if d.is_main and step < total_steps else None
 
-    # 5. The loop.
-    fail_at = int(os.environ.get(FAIL_AT_STEP_ENV, "0") or 0)
+    # 4. The loop.
     bar = _progress(d, total_steps, step)
     t_last, tok_last = time.perf_counter(), seen["tokens"]
     while step < total_steps:
@@ -151,7 +137,7 @@ def _run(recipe, out: Path, d: Dist) -> Path:
             t_last, tok_last = now, seen["tokens"]
             rec = {"step": step, "epoch": round(sampler.epoch_of(step), 4), "loss": loss, "lr": lr,
                    "tokens": seen["tokens"], "supervised_tokens": seen["supervised_tokens"],
-                   "tokens_per_s": round(tps, 1), "grad_norm": grad_norm}
+                   "tokens_per_s": round(tps, 1), "grad_norm": grad_norm, "run": run}
             if step % cfg.log_every == 0 or step == total_steps:
                 metrics.append(rec)
                 if tb is not None:
@@ -161,21 +147,16 @@ def _run(recipe, out: Path, d: Dist) -> Path:
             bar.update(1)
 
         if (cfg.save_every and step % cfg.save_every == 0) or step == total_steps:
-            ckpt.save_checkpoint(ckpt_root, step, model, optimizer, scheduler,
-                                 {"step": step, "seen": seen, "config_hash": p.config_hash}, d, cfg.keep_last)
-        if fail_at and step == fail_at:
-            os.kill(os.getpid(), signal.SIGKILL)
+            ckpt.save_checkpoint(run_dir, step, model, optimizer, scheduler,
+                                 {"step": step, "seen": seen, "run": run}, d, cfg.keep_last)
+        if on_step is not None:
+            on_step(step)
     bar.close()
     if metrics is not None:
         metrics.close()
     if tb is not None:
         tb.close()
-
-    # 6. Export the final HF folder (all ranks gather; rank 0 writes).
-    card = {"name": recipe.name, "stats": p.dataset_stats, "steps": total_steps, "grad_accum": p.grad_accum,
-            "world_size": d.world_size, "dtype": str(dtype).replace("torch.", ""), "seed": p.seed,
-            "examples": len(p.examples), "supervised_tokens": p.token_stats.get("supervised_tokens")}
-    return export_final(model, cfg, p.model_path, p.tokenizer, cfg.template, out, d, card, p.config_hash)
+    return Fitted(model=model, total_steps=total_steps, dtype=dtype, start_step=start_step)
 
 
 def _clip(model: torch.nn.Module, max_norm: float | None) -> float:
@@ -189,11 +170,26 @@ def _clip(model: torch.nn.Module, max_norm: float | None) -> float:
     return float(norm)
 
 
-def _open_metrics(path: Path, step: int) -> JsonlAppender:
-    """The metrics store; on resume, lines after the checkpoint's step (lost work) are dropped."""
-    if path.exists():
-        kept = [r for r in read_jsonl_store(path) if r.get("step", 0) <= step]
-        write_jsonl(path, kept)
+def _open_metrics(path: Path, run_dir: Path, run: str, step: int) -> JsonlAppender:
+    """``<out>/metrics.jsonl`` holding exactly this run's lines up to ``step`` (the checkpoint
+    resumed; later lines were lost work). Another run's lines are parked in that run's
+    checkpoint folder (when it still exists) and this run's parked lines come back, so the
+    file always describes the run being trained and switching configs back and forth
+    loses nothing."""
+    records = read_jsonl_store(path) if path.exists() else []
+    mine = [r for r in records if r.get("run") == run]
+    others: dict[str, list[dict]] = {}
+    for r in records:
+        if r.get("run") != run:
+            others.setdefault(str(r.get("run")), []).append(r)
+    for other, recs in others.items():
+        if (run_dir.parent / other).is_dir():
+            write_jsonl(run_dir.parent / other / "metrics.jsonl", recs)
+    parked = run_dir / "metrics.jsonl"
+    if not mine and parked.is_file():
+        mine = read_jsonl_store(parked)
+    write_jsonl(path, [r for r in mine if r.get("step", 0) <= step])
+    parked.unlink(missing_ok=True)
     return JsonlAppender(path)
 
 

@@ -1,76 +1,19 @@
-"""The process group, the model (full or LoRA) and its FSDP2 sharding.
+"""The model to train: the base model (full or LoRA), its compute dtype and its FSDP2 sharding.
 
-One code path for a laptop and a cluster:
-
-* without ``torchrun`` there is no process group: one process, a plain module;
-* under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) a process group is created (nccl on
-  GPUs, gloo on CPU) and the model is sharded with FSDP2: ``fully_shard`` on every
-  decoder layer (the classes the model lists in ``_no_split_modules``) and on the root,
-  so each rank holds 1/world of the parameters, gradients and optimiser state.
+* in one process (`ja_instruct.train.distributed.Dist` not enabled) the model is a plain
+  module on the device;
+* under ``torchrun`` it is sharded with FSDP2: ``fully_shard`` on every decoder layer (the
+  classes the model lists in ``_no_split_modules``) and on the root, so each rank holds
+  1/world of the parameters, gradients and optimiser state.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-from dataclasses import dataclass
-
 import torch
-import torch.distributed as dist
 
 from ja_instruct.errors import UserError
 from ja_instruct.train.config import TrainConfig
-
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class Dist:
-    """Where this process stands: rank, world size, device; ``enabled`` when a process group exists."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-    enabled: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
-    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        """Sum a tensor over ranks, in place (no-op in one process). NCCL reduces device tensors
-        only, so the tensor travels to this rank's device and back."""
-        if self.enabled:
-            x = t.to(self.device)
-            dist.all_reduce(x, op=dist.ReduceOp.SUM)
-            t.copy_(x)
-        return t
-
-
-def setup_distributed() -> Dist:
-    """Join the process group when launched by torchrun; a plain single process otherwise."""
-    cuda = torch.cuda.is_available()
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return Dist(device=torch.device("cuda", 0) if cuda else torch.device("cpu"))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        # nccl for GPUs; gloo is the CPU backend (FSDP2 runs on it, slowly, for tests and laptops).
-        dist.init_process_group(backend="nccl" if cuda else "gloo", device_id=device if cuda else None)
-    return Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
-                device=device, enabled=True)
-
-
-def teardown_distributed(d: Dist) -> None:
-    if d.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+from ja_instruct.train.distributed import Dist
 
 
 def compute_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
@@ -157,33 +100,3 @@ def is_fsdp(model: torch.nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 
     return isinstance(model, FSDPModule)
-
-
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW on the trainable parameters; no weight decay on biases and norm weights (1-D tensors)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                             fused=device.type == "cuda")
-
-
-def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float,
-                    min_lr_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over ``ceil(warmup_ratio * total)`` steps, then cosine decay to ``min_lr_ratio``."""
-    import math
-
-    warmup = math.ceil(warmup_ratio * total_steps)
-
-    def factor(step: int) -> float:
-        # `step` counts optimiser steps already taken; the lr of step s uses factor(s).
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -7,21 +7,14 @@ length over the model's limit, empty dataset) must fail here, in seconds, with a
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ja_instruct.errors import UserError
-from ja_instruct.models import load_tokenizer, resolve_model
-from ja_instruct.train.checkpoint import config_hash
+from ja_instruct.models import load_tokenizer
 from ja_instruct.train.config import TrainConfig
-from ja_instruct.train.model import Dist
+from ja_instruct.train.distributed import Dist
 from ja_instruct.train.packing import Example
-
-log = logging.getLogger(__name__)
-
-# Keys that do not change the trained weights: changing them keeps checkpoints / final valid.
-_NOT_HASHED = ("save_every", "keep_last", "log_every", "tensorboard")
 
 
 @dataclass
@@ -38,7 +31,6 @@ class Prepared:
     examples: list[Example]
     token_stats: dict
     dataset_stats: dict = field(default_factory=dict)
-    config_hash: str = ""
 
 
 def resolve_grad_accum(cfg: TrainConfig, world_size: int) -> int:
@@ -65,25 +57,11 @@ def model_max_length(config) -> int | None:
     return None
 
 
-def _dataset_dir(recipe, cfg: TrainConfig, d: Dist) -> Path:
-    """The dataset folder; built first from the recipe's data section when it is missing."""
-    path = Path(cfg.dataset_dir) if cfg.dataset_dir else recipe.stage_dir("data")
-    if (path / "dataset").is_dir() or (path / "state.json").is_file():
-        return path
-    if recipe.data is None:
-        raise UserError(f"dataset directory {path} does not exist", field="train.dataset_dir",
-                        hint="Run `ja-instruct data build RECIPE` first, or add a data section to the recipe.")
-    if d.is_main:  # one rank builds, the others wait for it
-        from ja_instruct.data import build_dataset
+def prepare(cfg: TrainConfig, model_path: str, dataset_dir: Path, seed: int, d: Dist) -> Prepared:
+    """Check the config against the model and data, tokenise, and return what the loop needs.
 
-        log.info("train: building the dataset first (%s)", path)
-        build_dataset(recipe.data, path, seed=recipe.seed)
-    d.barrier()
-    return path
-
-
-def prepare(recipe, out: Path, d: Dist) -> Prepared:
-    """Check the recipe against the model and data, tokenise, and return what the loop needs."""
+    ``model_path`` is the resolved base model (`ja_instruct.models.resolve_model`); the
+    dataset folder must exist (the stage builds it first when the recipe says how)."""
     from transformers import AutoConfig
 
     from ja_instruct.data import load_dataset_dir
@@ -91,16 +69,7 @@ def prepare(recipe, out: Path, d: Dist) -> Prepared:
     from ja_instruct.data.tokenize import tokenize_dataset
     from ja_instruct.train.export import read_dataset_stats
 
-    cfg: TrainConfig = recipe.require("train")
-    seed = cfg.seed if cfg.seed is not None else recipe.seed
     grad_accum = resolve_grad_accum(cfg, d.world_size)
-
-    # The model: path exists (rank 0 converts the embedded model once, the others wait).
-    if d.is_main:
-        model_path = resolve_model(cfg.model)
-    d.barrier()
-    if not d.is_main:
-        model_path = resolve_model(cfg.model)
     try:
         mconf = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as e:
@@ -113,8 +82,6 @@ def prepare(recipe, out: Path, d: Dist) -> Prepared:
     tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.trust_remote_code)
     template = get_template(cfg.template, tokenizer)  # unknown names fail here
 
-    # The data.
-    dataset_dir = _dataset_dir(recipe, cfg, d)
     ds = load_dataset_dir(dataset_dir)
     if len(ds) == 0:
         raise UserError(f"the dataset in {dataset_dir} is empty", field="train.dataset_dir",
@@ -125,12 +92,6 @@ def prepare(recipe, out: Path, d: Dist) -> Prepared:
                         field="train.max_length", hint="Raise max_length or use overlong: truncate.")
     examples = [Example(list(i), list(lab)) for i, lab in zip(tok_ds["input_ids"], tok_ds["labels"])]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-    # Same config + same data (the data stage's fingerprint, our token counts) = same result.
-    stats = read_dataset_stats(dataset_dir)
-    hashed = cfg.model_dump(mode="json", exclude=set(_NOT_HASHED))
-    chash = config_hash({"train": hashed, "seed": seed, "dataset": str(dataset_dir.resolve()),
-                         "fingerprint": stats.get("fingerprint"), "tokens": token_stats})
     return Prepared(cfg=cfg, seed=seed, grad_accum=grad_accum, model_path=model_path, tokenizer=tokenizer,
                     pad_id=pad_id, dataset_dir=dataset_dir, examples=examples, token_stats=token_stats,
-                    dataset_stats=stats, config_hash=chash)
+                    dataset_stats=read_dataset_stats(dataset_dir))
