@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     # the pipeline call main() repeatedly in one process).
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(message)s", stream=sys.stderr, force=True)
+    # the openai SDK's HTTP client logs every request at INFO: one line per judgment floods the terminal
+    logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         rc = args.func(args)
     except UserError as e:

@@ -75,9 +75,11 @@ def looks_local(path: str, suffixes: tuple[str, ...] = FILE_SUFFIXES) -> bool:
 
 # --------------------------------------------------------------------------- loading
 
-class _DuplicateKey(Exception):
+class _DuplicateKey(yaml.YAMLError):
+    """A key given twice in one mapping (a YAMLError, so every YAML reader reports it)."""
+
     def __init__(self, key: Any, first: int, second: int) -> None:
-        super().__init__(key)
+        super().__init__(f"key '{key}' is given twice (lines {first} and {second})")
         self.key, self.first, self.second = key, first, second
 
 

@@ -149,7 +149,7 @@ def test_pairwise_baseline(make_recipe, tmp_path):
 
 
 def test_inconsistent_orders_count_as_ties():
-    from ja_instruct.judge.pairwise import combine
+    from ja_instruct.stats import combine_orders as combine
 
     base = {"mode": "pairwise", "question_id": 1, "category": "c", "turn": 1, "model_a": "x", "model_b": "y",
             "repeat": 0, "status": "ok"}

@@ -1,7 +1,7 @@
 """Prompt templates: conversation messages -> the exact text a model is trained on.
 
 A conversation is a list of ``{"role", "content"}`` messages (roles ``system``,
-``user``, ``input``, ``assistant``; see HELPERS.md). Three templates:
+``user``, ``input``, ``assistant``; see `ja_instruct.data.sources`). Three templates:
 
 * ``"plamo"``: the PLaMo-13B-Instruct prompt, built exactly as its model card does::
 

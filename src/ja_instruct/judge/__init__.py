@@ -17,8 +17,8 @@ Modules: `config` (JudgeConfig), `prompt` (our YAML prompts in ``prompts/`` and 
 judge_prompts.jsonl), `parse` (every output format), `backends` (``openai`` / ``hf``
 logprob judge / ``fake``; registry ``BACKENDS``), `store` (the append-only cache),
 `engine` (concurrency, parse retries, usage), `single` / `pairwise` (what to judge),
-`bt` (Bradley-Terry with a position term, bootstrap CIs, Rakuda's 1000-anchored scale),
-`summary` (summary.json), `importer` (``judge import``), `run` (the entry point, the manifest).
+`summary` (summary.json, its statistics from `ja_instruct.stats`:
+Bradley-Terry with a position term, question-resampling bootstrap, position bias), `importer` (``judge import``), `run` (the entry point, the manifest).
 The fault-injecting OpenAI-compatible server of the tests and the benchmark is
 `ja_instruct.testing.loopback` (test doubles stay out of this package).
 

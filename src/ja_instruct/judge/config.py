@@ -125,7 +125,9 @@ class JudgeConfig(StrictModel):
     seed: int = 0
     """Seed of the judging order, the fake judge and the bootstrap."""
     bootstrap: int = Field(200, ge=0)
-    """Bootstrap resamples for the Bradley-Terry confidence intervals (0 = none)."""
+    """Bootstrap resamples for every interval of summary.json (mean score / win rate and Bradley-Terry
+    ratings). Resamples QUESTIONS, keeping both orders, every turn and every repeat of a question
+    together; the report of this folder uses the same size and seed. 0 = no intervals."""
     cache: Path | None = None
     """The append-only judgment store (JSONL); default `<judge dir>/cache.jsonl`. Share one file
     between runs to reuse judgments, even between runs going on at the same time (file locks:

@@ -47,7 +47,7 @@ def _looks_like_answers(path: Path) -> bool:
             if raw.strip():
                 try:
                     rec = json.loads(raw)
-                except ValueError:
+                except (ValueError, RecursionError):
                     return True  # let load_answers report the bad line with file and line number
                 return isinstance(rec, dict) and "choices" in rec
     return False

@@ -2,7 +2,7 @@
 
 Each ordered judgment is one record (``order`` "AB": model_a shown first; "BA": model_b
 shown first); its ``verdict`` is mapped back so that "A" always means model_a won.
-`combine` merges the two orders of a pair: equal verdicts stand; verdicts that differ
+`ja_instruct.stats.combine_orders` merges the two orders of a pair: equal verdicts stand; verdicts that differ
 (the judge changed its mind when the order changed) count as a tie and as an
 inconsistency. This is FastChat's rule, applied to every pair instead of one order.
 """
@@ -54,32 +54,3 @@ def plan_pairwise(questions, answers: dict[str, dict[str, list[str]]], prompts: 
                         items.append(Item(key, rec, prompt, prompt.system, user, [first[t - 1], second[t - 1]],
                                           swapped=order == "BA"))
     return items
-
-
-def combine(records: list[dict]) -> list[dict]:
-    """One outcome per (question, turn, pair, repeat) from its two orders.
-
-    Returns dicts with question_id, category, turn, model_a, model_b, repeat,
-    ``verdict`` ("A"/"B"/"tie", or None if either order is a parse error or missing) and
-    ``inconsistent`` (the two orders disagreed).
-    """
-    groups: dict[tuple, dict[str, dict]] = {}
-    for r in records:
-        if r.get("mode") != "pairwise":
-            continue
-        g = (str(r["question_id"]), r["turn"], r["model_a"], r["model_b"], r.get("repeat", 0))
-        groups.setdefault(g, {})[r.get("order", "AB")] = r
-    out = []
-    for (qid, turn, ma, mb, rep), by_order in groups.items():
-        any_r = next(iter(by_order.values()))
-        v1 = by_order.get("AB", {}).get("verdict") if by_order.get("AB", {}).get("status") == "ok" else None
-        v2 = by_order.get("BA", {}).get("verdict") if by_order.get("BA", {}).get("status") == "ok" else None
-        if v1 is None or v2 is None:
-            verdict, inconsistent = None, False
-        elif v1 == v2:
-            verdict, inconsistent = v1, False
-        else:
-            verdict, inconsistent = "tie", True
-        out.append({"question_id": any_r["question_id"], "category": any_r.get("category"), "turn": turn,
-                    "model_a": ma, "model_b": mb, "repeat": rep, "verdict": verdict, "inconsistent": inconsistent})
-    return out

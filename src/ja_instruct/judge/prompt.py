@@ -30,7 +30,7 @@ from typing import Literal
 import yaml
 from pydantic import ValidationError
 
-from ja_instruct.config import StrictModel, validation_to_user_error
+from ja_instruct.config import StrictModel, UniqueKeyLoader, validation_to_user_error
 from ja_instruct.errors import UserError
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
@@ -133,7 +133,8 @@ def load_prompt_file(path: str | Path) -> JudgePrompt:
     """Load one of our YAML prompt files strictly."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        # strict like recipes: a BOM is fine, a key given twice is an error naming both lines
+        raw = yaml.load(path.read_text(encoding="utf-8-sig"), Loader=UniqueKeyLoader)  # noqa: S506
     except yaml.YAMLError as e:
         raise UserError(f"invalid YAML in prompt file: {e}", file=path) from None
     try:

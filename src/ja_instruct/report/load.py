@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from ja_instruct.config import resolve_path
+from ja_instruct.config import UniqueKeyLoader, resolve_path
 from ja_instruct.errors import UserError
 from ja_instruct.io import iter_jsonl, read_json
 
@@ -79,7 +79,7 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8-sig"), Loader=UniqueKeyLoader)  # noqa: S506
     except yaml.YAMLError as e:
         log.warning("cannot read %s: %s", path, e)
         return {}
