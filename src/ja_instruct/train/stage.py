@@ -75,9 +75,12 @@ def _ensure_dataset(recipe, cfg: TrainConfig, d: Dist) -> Path:
                             hint="Run `ja-instruct data build RECIPE` first, or add a data section to the recipe.")
         return path
     if d.is_main:  # one rank builds, the others wait for it
-        from ja_instruct.data.build import build_dataset
+        from ja_instruct.data.build import build_dataset, fingerprint, is_complete
 
-        build_dataset(recipe.data, path, seed=recipe.seed, echo=log.info)
+        # `ja-instruct run` has just brought the data up to date: check quietly before calling the
+        # data stage, whose own "up to date" line would be said twice
+        if not is_complete(path, fingerprint(recipe.data, recipe.seed)):
+            build_dataset(recipe.data, path, seed=recipe.seed, echo=log.info)
     d.barrier()
     return path
 
