@@ -243,3 +243,24 @@ def test_run_user_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert main(["run", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "unknown key 'repot'" in err and "Did you mean 'report'" in err and "Traceback" not in err
+
+
+def test_answers_of_a_model_removed_from_the_recipe_are_not_judged(tmp_path, capsys, monkeypatch):
+    """A stale answer file left in the answers folder (the model was renamed) never reaches the report."""
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    qs = tmp_path / "questions.jsonl"
+    qs.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in QUESTIONS), encoding="utf-8")
+    gen = {"questions": str(qs), "models": [{"id": "a", "backend": "fake"}, {"id": "b", "backend": "fake"}]}
+    recipe = write_tiny_recipe(tmp_path, tmp_path, data=None, train=None, generate=gen,
+                               judge={"backend": {"backend": "fake"}})
+    assert main(_run(recipe)) == 0
+    renamed = dict(gen, models=[{"id": "a", "backend": "fake"}, {"id": "c", "backend": "fake"}])
+    recipe = write_tiny_recipe(tmp_path, tmp_path, data=None, train=None, generate=renamed,
+                               judge={"backend": {"backend": "fake"}})
+    assert main(_run(recipe)) == 0
+    capsys.readouterr()
+    root = tmp_path / "run"
+    assert (root / "answers" / "b.jsonl").is_file()  # left behind, not the recipe's any more
+    judged = {json.loads(x)["model"] for x in (root / "judge" / "judgments.jsonl").read_text().splitlines()}
+    assert judged == {"a", "c"}
+    assert "\nb," not in (root / "report" / "scores.csv").read_text(encoding="utf-8")

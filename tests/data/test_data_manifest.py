@@ -196,3 +196,16 @@ def test_missing_relative_path_is_not_found_and_never_hits_the_hub(tmp_path, wri
         assert rc == 2 and "not found" in err and "data.sources[0].path" in err and path in err, err
         assert "Traceback" not in err
     assert fake_hub.loads == []
+
+
+def test_on_error_skip_build_is_up_to_date_for_a_raise_run(tmp_path, data_assets, source, capsys):
+    # `data build --on-error skip` is what a bad row's error advises; the next `train`/`run`
+    # (on_error from the recipe: raise) must reuse that build, not rebuild and fail on the row.
+    local = tmp_path / "in.jsonl"
+    local.write_text((data_assets / "alpaca.jsonl").read_text(encoding="utf-8") + "not json\n", encoding="utf-8")
+    cfg = DataConfig(sources=[source("a", local, "alpaca")])
+    out = tmp_path / "d"
+    build_dataset(cfg, out, seed=0, on_error="skip")
+    assert is_complete(out, fingerprint(cfg, 0))
+    again = build_dataset(cfg, out, seed=0)  # cfg.on_error == "raise": would fail if it rebuilt
+    assert again["skipped"] is True and "up to date" in capsys.readouterr().out

@@ -143,6 +143,22 @@ def test_changed_model_dir_regenerates_only_that_model(make_recipe, tiny_model_d
     assert read_manifest(out, "generate") is not None
 
 
+def test_greedy_answers_survive_a_new_seed_sampled_ones_do_not(make_recipe, tiny_model_dir, built, caplog):
+    # A new recipe seed (to retrain) must not regenerate greedy answers: the seed, top_p and top_k
+    # cannot change them. With mt_bench_temperatures, "writing" samples (0.7), "math" is greedy.
+    caplog.set_level(logging.INFO, logger="ja_instruct.generate")
+    models = f"[{{id: sft, backend: hf, path: '{tiny_model_dir}', template: plamo, device: cpu}}]"
+    out = run_generation(make_recipe(models=models, max_new_tokens=2))
+    before = {r["question_id"]: r for r in read_jsonl_store(out / "sft.jsonl")}
+    caplog.clear()
+    run_generation(make_recipe(models=models, max_new_tokens=2, overrides=["generate.seed=7", "generate.top_p=0.5"]))
+    after = {r["question_id"]: r for r in read_jsonl_store(out / "sft.jsonl")}
+    assert after[2] == before[2] and after[3]["answer_id"] != before[3]["answer_id"]  # math kept, 地理 redone
+    assert after[1]["answer_id"] != before[1]["answer_id"]  # writing samples: the seed matters
+    line = model_lines(caplog, "sft")[-1]
+    assert line.startswith("sft: 1 up to date; 2 regenerated: generation settings changed (") and "seed" in line
+
+
 def test_changed_question_set(make_recipe, built, caplog):
     caplog.set_level(logging.INFO, logger="ja_instruct.generate")
     out = run_generation(make_recipe(models="[{id: fake-a, backend: fake}]"))

@@ -182,3 +182,43 @@ def test_store_recovers_a_torn_tail_and_refuses_a_corrupt_line(tmp_path, damage)
         path.write_text(good[0] + "\n{oops\n" + good[1] + "\n", encoding="utf-8")
         with pytest.raises(UserError, match="line 2"):
             JudgmentStore(path)
+
+
+def test_endpoint_from_the_environment_is_an_input_of_the_manifest(make_recipe, tmp_path, caplog, monkeypatch):
+    """With base_url null the SDK calls $OPENAI_BASE_URL: pointing it at another server must not
+    leave the judge folder 'up to date' with the first server's judgments."""
+    from ja_instruct.testing.loopback import LoopbackJudgeServer
+
+    backend = {"backend": "openai", "model": "loopback-judge", "api_key_env": "JT_NO_KEY", "backoff_base": 0.01,
+               "timeout": 5.0}
+    recipe = make_recipe(turns=[1], backend=backend)
+    out = tmp_path / "j"
+    with LoopbackJudgeServer() as one, LoopbackJudgeServer() as two:
+        monkeypatch.setenv("OPENAI_BASE_URL", one.base_url)
+        _run_logged(caplog, recipe, out)
+        assert len(one.log) == 12
+        text, _ = _run_logged(caplog, recipe, out)
+        assert "judge: up to date" in text
+        monkeypatch.setenv("OPENAI_BASE_URL", two.base_url)
+        text, run = _run_logged(caplog, recipe, out)
+        assert "judge: up to date" not in text and "input 'endpoint'" in text
+        assert len(two.log) == 12 and len(one.log) == 12
+
+
+def test_a_deleted_output_is_not_up_to_date(make_recipe, tmp_path, caplog):
+    out = tmp_path / "j"
+    recipe = make_recipe()
+    _run_logged(caplog, recipe, out)
+    (out / "summary.json").unlink()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ja_instruct.judge.run"):
+        run_judging(recipe, out, progress=False)
+    assert "output summary.json missing" in caplog.text and (out / "summary.json").is_file()
+
+
+def test_cache_pointing_at_a_folder_is_a_user_error(make_recipe, tmp_path):
+    from ja_instruct.errors import UserError
+
+    (tmp_path / "cachedir").mkdir()
+    with pytest.raises(UserError, match="cache is a folder"):
+        run_judging(make_recipe(cache=str(tmp_path / "cachedir")), tmp_path / "j", progress=False)

@@ -182,3 +182,40 @@ def test_report_stage_does_nothing_when_up_to_date(tmp_path, caplog):
     assert run_report(recipe, other) == other / "index.html"
     assert recipe.stage_dir("report") == other and read_manifest(other, "report") is not None
     assert os.path.isfile(other / "scores.csv")
+
+
+def test_report_is_rebuilt_when_a_retry_changes_the_judgments_under_the_same_judge_fingerprint(
+        tmp_path, caplog, monkeypatch):
+    """--retry-errors leaves the judge's manifest fingerprint (inputs + config) unchanged but
+    rewrites judgments.jsonl: the report must not call itself up to date."""
+    from ja_instruct.judge import backends
+    from ja_instruct.judge.run import run_judging
+    from ja_instruct.manifest import read_manifest
+    from ja_instruct.report import run_report
+
+    refuse = {"on": True}
+
+    class RefusingOnce(backends.FakeBackend):
+        async def judge(self, req):
+            if refuse["on"] and "東京です。" in req.user:  # the "mid" model's answers
+                raise backends.JudgeItemError("HTTP 400: maximum context length exceeded")
+            return await super().judge(req)
+
+    monkeypatch.setitem(backends.BACKENDS, "fake", RefusingOnce)
+    recipe = _recipe(tmp_path / "run", write_synthetic_run(tmp_path / "inputs"), "single")
+    recipe.judge = recipe.judge.model_copy(update={"max_error_rate": 1.0})
+    judge = run_judging(recipe, progress=False)
+    page = run_report(recipe)
+    fp = read_manifest(judge, "judge").fingerprint
+    before = {r["model"]: r for r in csv.DictReader(open(page.parent / "scores.csv", encoding="utf-8"))}
+    assert int(before["mid"]["errors"]) > 0
+
+    refuse["on"] = False
+    recipe.judge = recipe.judge.model_copy(update={"retry_errors": True})
+    run_judging(recipe, progress=False)
+    assert read_manifest(judge, "judge").fingerprint == fp  # same inputs and config...
+    caplog.set_level(logging.INFO, logger="ja_instruct.report.build")
+    run_report(recipe)
+    assert "report: up to date" not in caplog.text  # ...but other judgments: rebuilt
+    after = {r["model"]: r for r in csv.DictReader(open(page.parent / "scores.csv", encoding="utf-8"))}
+    assert int(after["mid"]["errors"]) == 0 and int(after["mid"]["n"]) > int(before["mid"]["n"])

@@ -90,7 +90,11 @@ def data_inputs(cfg: DataConfig, commits: dict[str, HubCommit]) -> dict[str, str
 def data_manifest(cfg: DataConfig, seed: int, commits: dict[str, HubCommit] | None = None) -> Manifest:
     """The manifest a build of ``cfg`` with ``seed`` writes (hub commits resolved when not given)."""
     commits = hub_commits(cfg) if commits is None else commits
-    config = {"data": cfg.model_dump(mode="json"), "seed": seed, "format_version": FORMAT_VERSION}
+    # `on_error` only says whether a bad row stops the build; a build that succeeded is the same
+    # data either way. Hashing it made `data build --on-error skip` (what the error message
+    # advises) look stale to `train`/`run`, which rebuilt with "raise" and failed on that row.
+    config = {"data": cfg.model_dump(mode="json", exclude={"on_error"}), "seed": seed,
+              "format_version": FORMAT_VERSION}
     return make_manifest("data", config, data_inputs(cfg, commits),
                          outputs={"dataset": "dataset", "stats": "stats.json"})
 

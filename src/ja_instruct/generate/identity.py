@@ -83,12 +83,18 @@ def generation_settings(spec: ModelSpec, params: SamplingParams) -> dict[str, An
     """Every setting that changes an answer of ``spec`` sampled with ``params``.
 
     Only what the backend uses: an OpenAI-compatible endpoint gets no repetition penalty,
-    no prompt template, and top_k only with ``send_top_k``; performance knobs (batch size,
-    concurrency, device) are not settings.
+    no prompt template, and top_k only with ``send_top_k``; greedy local decoding (temperature 0)
+    ignores the seed, top_p and top_k; performance knobs (batch size, concurrency, device) are
+    not settings.
     """
     s: dict[str, Any] = {"backend": spec.backend, **params.as_dict(), "system_prompt": spec.system_prompt}
     if spec.backend in ("hf", "vllm"):
         s.update(template=spec.template, dtype=spec.dtype)
+        if params.temperature == 0:
+            # Greedy decoding: the seed and the nucleus/top-k cut cannot change the answer, so a new
+            # recipe seed (to retrain) must not regenerate every greedy answer of every local model.
+            for key in ("seed", "top_p", "top_k"):
+                del s[key]
     elif spec.backend == "openai":
         del s["repetition_penalty"]
         if not spec.send_top_k:

@@ -87,7 +87,8 @@ class JudgeConfig(StrictModel):
     answers_dir: Path | None = None
     """Folder of FastChat answer files `<model_id>.jsonl`; default `<recipe root>/answers`."""
     models: list[str] | None = None
-    """Model ids to judge (answer file stems); null = every answer file in `answers_dir`."""
+    """Model ids to judge (answer file stems); null = the recipe's `generate.models` when the answers are
+    this recipe's own (`answers_dir` null), else every answer file in `answers_dir`."""
     questions: str | None = None
     """Question set: a FastChat question JSONL path, a hub id (`yuzuai/rakuda-questions`) or
     `embedded:NAME`; null = the recipe's `generate.questions`. Questions may carry `reference`."""

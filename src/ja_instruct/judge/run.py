@@ -54,9 +54,13 @@ def resolve_config(recipe, judge_prompts: str | Path | None = None, repeats: int
         data["repeats"] = repeats
     if retry_errors is not None:
         data["retry_errors"] = retry_errors
+    gen = getattr(recipe, "generate", None)
     if data["answers_dir"] is None:
         data["answers_dir"] = recipe.stage_dir("generate")
-    gen = getattr(recipe, "generate", None)
+        if data["models"] is None and gen is not None:
+            # this recipe's answers: exactly its generate models. An answer file left behind by a
+            # model since removed or renamed in the recipe is stale and must not be judged.
+            data["models"] = [m.id for m in gen.models]
     if data["questions"] is None:
         if gen is None or not getattr(gen, "questions", None):
             raise UserError("no question set: the judge section has no 'questions' and the recipe no 'generate'",
@@ -111,9 +115,13 @@ def stage_inputs(cfg: JudgeConfig) -> dict[str, str]:
             path = prompt_mod.PROMPTS_DIR / f"{family}{suffix}.yaml"
             if path.is_file():
                 inputs[f"prompt:{family}{suffix}"] = file_fingerprint(path)
-    if cfg.backend.backend == "hf":
-        from ja_instruct.judge.backends import judge_identity
+    from ja_instruct.judge.backends import judge_identity
 
+    if cfg.backend.backend == "openai":
+        # with base_url null the endpoint comes from $OPENAI_BASE_URL, which the hashed config
+        # cannot see; hashed, because a URL may carry credentials
+        inputs["endpoint"] = stable_hash(judge_identity(cfg.backend)["base_url"])
+    if cfg.backend.backend == "hf":
         files = judge_identity(cfg.backend).get("files")
         if files:
             inputs["judge_model"] = files
@@ -165,6 +173,8 @@ def _why_run(cfg: JudgeConfig, out: Path, inputs: dict[str, str]) -> list[str]:
 
     old = read_manifest(out, STAGE)
     reasons = input_changes(old, inputs, hashed_config(cfg))
+    if old is not None:  # a deleted output is not up to date, whatever the manifest says
+        reasons += [f"output {name} missing" for name in old.outputs.values() if not (out / name).is_file()]
     if not reasons and old is not None:
         counts = old.details.get("counts", {})
         if cfg.retry_errors and counts.get("errors"):

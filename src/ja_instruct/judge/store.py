@@ -81,6 +81,9 @@ class JudgmentStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        if self.path.is_dir():
+            raise UserError("the judgment cache is a folder, not a file", file=self.path, field="judge.cache",
+                            hint="Set judge.cache to a JSONL file path (default <judge dir>/cache.jsonl).")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.records: dict[str, dict] = {}
         self._seq: dict[str, int] = {}  # key -> index of its latest record (changes when re-judged)

@@ -108,7 +108,7 @@ def _judge_meta(d: Path) -> tuple[dict | None, dict, Path | None]:
 
 def input_fingerprints(judge_dirs: list[str | Path]) -> dict[str, str]:
     """What a report is made from, for its manifest: each judge folder's manifest fingerprint
-    (else the hash of its judgments.jsonl + summary.json), the answer files of its answers
+    together with the hash of its judgments.jsonl + summary.json, the answer files of its answers
     folder and its local question file. Reads only small files: deciding costs no loading."""
     from ja_instruct.io import stable_hash
     from ja_instruct.manifest import file_fingerprint, read_manifest
@@ -117,8 +117,12 @@ def input_fingerprints(judge_dirs: list[str | Path]) -> dict[str, str]:
     for jd in judge_dirs:
         d = Path(jd)
         m = read_manifest(d, "judge")
-        inputs[f"judge:{d}"] = m.fingerprint if m is not None else stable_hash(
-            {n: file_fingerprint(d / n) for n in (JUDGMENTS, "summary.json") if (d / n).is_file()})
+        # The judge manifest's fingerprint names its inputs and config, not its results: a re-run
+        # with retry_errors / retry_parse_errors (or a fresh cache on a sampling judge) rewrites
+        # judgments.jsonl under the same fingerprint. The files themselves are what the report shows.
+        inputs[f"judge:{d}"] = stable_hash({"manifest": m.fingerprint if m is not None else None,
+                                            **{n: file_fingerprint(d / n) for n in (JUDGMENTS, "summary.json")
+                                               if (d / n).is_file()}})
         if not (d / JUDGMENTS).is_file():
             continue  # loading reports it
         summary, config, answers_dir = _judge_meta(d)

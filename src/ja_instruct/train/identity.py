@@ -164,7 +164,7 @@ def find_trained_model(recipe) -> tuple[Path, str]:
     cfg = recipe.train
     if cfg is None:  # trained elsewhere and registered: nothing in this recipe to compare with
         return final, m.fingerprint
-    stale = "; retrain it with `ja-instruct train RECIPE` (or `ja-instruct run RECIPE`)."
+    stale = "Retrain it with `ja-instruct train RECIPE` (or `ja-instruct run RECIPE`)."
     hashed = hashed_config(cfg, resolved_seed(cfg, recipe.seed))
     if config_hash(hashed) != m.config_hash:
         raise UserError(f"the trained model in {final} was made with another train section "
