@@ -18,9 +18,12 @@ from ja_instruct.train.identity import base_model_fingerprint, data_fingerprint,
 def test_hashed_config_ignores_logging_and_memory_keys_but_not_the_math():
     base = TrainConfig(model="m", lr=1e-4)
     same = base.model_copy(update={"save_every": 7, "keep_last": 9, "log_every": 3, "tensorboard": False,
-                                   "activation_checkpointing": True, "dataset_dir": "elsewhere"})
+                                   "activation_checkpointing": True, "dataset_dir": "elsewhere",
+                                   "micro_batch_size": 1, "grad_accum": 8})
     assert hashed_config(same, 1) == hashed_config(base, 1)
     assert hashed_config(base.model_copy(update={"lr": 2e-4}), 1) != hashed_config(base, 1)
+    # the global batch is the math; its split into micro-batches is not
+    assert hashed_config(base.model_copy(update={"global_batch_size": 16}), 1) != hashed_config(base, 1)
     assert hashed_config(base, 2) != hashed_config(base, 1)  # the resolved seed is part of it
     assert hashed_config(base, 1)["seed"] == 1
     # export-only keys change the manifest's config but not the run (the weights being trained)

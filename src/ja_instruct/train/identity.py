@@ -30,11 +30,14 @@ COMPLETE = ".complete"
 
 # Keys that cannot change the trained weights: logging, checkpoint cadence, and memory/speed
 # knobs that compute the same thing another way (activation recomputation, when FSDP frees
-# gathered layers). Changing them keeps the finished model and resumes the checkpoints, e.g.
-# turning activation checkpointing on after an out-of-memory crash. `dataset_dir` is a
-# location: the data's identity is its fingerprint (an input), not where it lies.
+# gathered layers, how a global batch is split into micro-batches: the rows of each global
+# batch and the loss normalisation over it do not depend on the split, see
+# `packing.StepSampler`). Changing them keeps the finished model and resumes the checkpoints,
+# e.g. a smaller micro batch or activation checkpointing after an out-of-memory crash at step
+# 500 of a 13B run. `dataset_dir` is a location: the data's identity is its fingerprint (an
+# input), not where it lies.
 NOT_HASHED = ("save_every", "keep_last", "log_every", "tensorboard", "activation_checkpointing",
-              "reshard_after_forward", "dataset_dir")
+              "reshard_after_forward", "micro_batch_size", "grad_accum", "dataset_dir")
 # Keys that change only the exported folder, not the weights being trained.
 _EXPORT_ONLY = ("generation", "save_dtype")
 
