@@ -190,3 +190,44 @@ def test_mean_interval_resamples_questions():
     lo1, hi1 = stats.mean_ci(np.array([4.0, 6.0, 8.0]), np.zeros(3, int), stats.cluster_weights(1, 50, 0))["ci95"]
     assert hi1 - lo1 == pytest.approx(2 * 1.959964 * 2 / math.sqrt(3), rel=1e-4)
     assert stats.mean_ci(np.zeros(0), np.zeros(0, int), w)["ci95"] is None
+
+
+def test_paired_ratio_difference_by_hand():
+    """Two conversations of 2 tokens each: base NLL/token 2.0 and 3.0, tuned 1.0 and 2.5."""
+    res = stats.paired_ratio_difference([4.0, 6.0], [2, 2], [2.0, 5.0], [2, 2], bootstrap=2000, seed=0)
+    assert res["n"] == 2 and res["lower"] == 2 and res["higher"] == 0
+    assert res["base"] == pytest.approx(2.5) and res["new"] == pytest.approx(1.75)
+    assert res["difference"] == pytest.approx(-0.75)
+    # A resample draws conversation 1 twice (-1.0), each once (-0.75) or 2 twice (-0.5), a quarter of
+    # them at each end: percentile interval [-1.0, -0.5]. The delta-method floor is wider: the
+    # influences (y - R x) / mean(x) are tuned (-0.75, 0.75), base (-0.5, 0.5); their differences
+    # (-0.25, 0.25) have sd 0.25 * sqrt(2), so se = 0.25.
+    z = 1.959963984540054
+    assert res["ci95"] == pytest.approx([-0.75 - z * 0.25, -0.75 + z * 0.25], abs=1e-9)
+
+
+def test_paired_ratio_difference_weights_tokens_and_counts_clusters():
+    # token-weighted: (10 + 2) / (10 + 1) for the base, not the mean of 1.0 and 2.0
+    res = stats.paired_ratio_difference([10.0, 2.0, 3.0], [10, 1, 0], [9.0, 3.0, 1.0], [10, 1, 1],
+                                        bootstrap=500, seed=1, levels=(0.68, 0.95))
+    assert res["base"] == pytest.approx(15 / 11) and res["new"] == pytest.approx(13 / 12)
+    assert (res["lower"], res["higher"]) == (1, 1)  # the third conversation has no base tokens: not counted
+    lo68, hi68 = res["ci68"]
+    lo95, hi95 = res["ci95"]
+    assert lo95 <= lo68 <= res["difference"] <= hi68 <= hi95
+    assert stats.paired_ratio_difference([], [], [], [], 100, 0) is None
+    assert stats.paired_ratio_difference([1.0], [0], [1.0], [1], 100, 0) is None  # no base tokens at all
+    with pytest.raises(ValueError):
+        stats.paired_ratio_difference([1.0], [1], [1.0, 2.0], [1, 1], 100, 0)
+
+
+def test_paired_ratio_difference_detects_a_shift_and_not_noise():
+    rng = np.random.default_rng(3)
+    tok = rng.integers(20, 200, size=40).astype(float)
+    base = tok * rng.normal(2.0, 0.3, size=40)
+    better = tok * (base / tok - 0.2 + rng.normal(0, 0.05, size=40))
+    res = stats.paired_ratio_difference(base, tok, better, tok, bootstrap=1000, seed=0)
+    assert res["ci95"][1] < 0 and res["lower"] >= 35
+    same = tok * (base / tok + rng.normal(0, 0.05, size=40))
+    res = stats.paired_ratio_difference(base, tok, same, tok, bootstrap=1000, seed=0)
+    assert res["ci95"][0] < 0 < res["ci95"][1]

@@ -25,4 +25,12 @@ def load_dataset_dir(path: str | Path):
     return _load(path)
 
 
-__all__ = ["build_dataset", "load_dataset_dir"]
+def load_heldout(data_dir: str | Path):
+    """The held-out split (`datasets.Dataset`) of a directory written by ``ja-instruct data build``,
+    or None when it has none; see `ja_instruct.data.build.load_heldout`."""
+    from ja_instruct.data.build import load_heldout as _load
+
+    return _load(data_dir)
+
+
+__all__ = ["build_dataset", "load_dataset_dir", "load_heldout"]

@@ -3,6 +3,7 @@
 Output directory (the contract with the training stage)::
 
     <out>/dataset/       datasets.Dataset.save_to_disk: id, source, license, commercial, messages
+    <out>/heldout/       the held-out split (``data.heldout``), same columns; only when non-empty
     <out>/stats.json     counts per source, drop reasons, licences, mixture, hub commits, fingerprint
     <out>/stats.md       the same, readable
     <out>/config.yaml    the resolved data config
@@ -12,6 +13,10 @@ Everything is checked (licence policy, paths) before any source is read, and all
 sources are read and cleaned before anything is written; the output is built in a
 temp folder beside ``out`` (manifest last) and renamed into place, so a failed or
 killed build leaves nothing behind and a folder with a manifest is complete.
+
+The held-out split is taken from the cleaned examples before the weights are applied
+(`ja_instruct.data.mix.select_heldout`), so no held-out example reaches training, not
+even as a weight repeat; ``stats.json`` ``total`` counts the training set only.
 
 The manifest's inputs are, per active source, the content hash of its local files
 (hashing 124 MB, ~150k examples, takes 0.1 s against 1 s just to parse them) or the
@@ -34,7 +39,7 @@ from ja_instruct.config import resolve_path, save_config
 from ja_instruct.data.clean import Cleaner
 from ja_instruct.data.config import DataConfig, SourceConfig
 from ja_instruct.data.hub import FULL_SHA, HubCommit, is_builder, is_hub_source, pin_warning, resolve_commit
-from ja_instruct.data.mix import apply_weight, check_licence_policy, shuffle
+from ja_instruct.data.mix import apply_weight, check_licence_policy, select_heldout, shuffle
 from ja_instruct.data.records import SourceStats, builder_files, check_paths, expand_answers, is_local
 from ja_instruct.data.sources import read_source
 from ja_instruct.errors import UserError
@@ -42,7 +47,9 @@ from ja_instruct.io import current_umask, read_json, stable_hash, write_json, wr
 from ja_instruct.manifest import (Manifest, file_fingerprint, input_changes, make_manifest, read_manifest,
                                   write_manifest)
 
-FORMAT_VERSION = 1
+# 2: the held-out split (``heldout/``, stats "heldout" keys); the training set changed meaning.
+FORMAT_VERSION = 2
+HELDOUT = "heldout"
 
 
 def _features():
@@ -111,7 +118,9 @@ def is_complete(out_dir: str | Path, fp: str | None = None) -> bool:
     if not (out / "dataset" / "state.json").is_file() or not (out / "stats.json").is_file():
         return False
     m = read_manifest(out, "data")
-    return m is not None and (fp is None or m.fingerprint == fp)
+    if m is None or (fp is not None and m.fingerprint != fp):
+        return False
+    return HELDOUT not in m.outputs or (out / m.outputs[HELDOUT] / "state.json").is_file()
 
 
 def rebuild_reasons(out: Path, old: Manifest | None, new: Manifest) -> list[str]:
@@ -139,6 +148,28 @@ def load_dataset_dir(path: str | Path):
         raise UserError("no built dataset here", file=p,
                         hint="Run `ja-instruct data build RECIPE --out DIR` first, and point at DIR.")
     return datasets.load_from_disk(str(target))
+
+
+def load_heldout(data_dir: str | Path):
+    """The held-out split (`datasets.Dataset`, same columns as the training set, in ascending
+    hash-key order) of a dataset directory written by `build_dataset`, or None when the build has
+    none (``data.heldout.fraction`` 0, or a dataset made before held-out splits existed).
+
+    ``data_dir`` is the build folder (its ``dataset/`` subfolder is accepted too); anything else
+    is a `UserError`."""
+    import datasets
+
+    p = Path(data_dir)
+    if p.name == "dataset" and (p / "state.json").is_file():
+        p = p.parent
+    if not (p / "dataset" / "state.json").is_file():
+        raise UserError("no built dataset here", file=p,
+                        hint="Run `ja-instruct data build RECIPE --out DIR` first, and point at DIR.")
+    m = read_manifest(p, "data")
+    folder = p / (m.outputs.get(HELDOUT, HELDOUT) if m is not None else HELDOUT)
+    if not (folder / "state.json").is_file():
+        return None
+    return datasets.load_from_disk(str(folder))
 
 
 def build_dataset(cfg: DataConfig, out_dir: str | Path, *, seed: int = 0, on_error: str | None = None,
@@ -187,7 +218,7 @@ def build_dataset(cfg: DataConfig, out_dir: str | Path, *, seed: int = 0, on_err
 
     cleaner = Cleaner(cfg.clean)
     per_source: dict[str, SourceStats] = {s.name: SourceStats() for s in cfg.sources}
-    rows: list[dict] = []
+    cleaned: list[tuple[SourceConfig, list[dict]]] = []
     for src in active:
         st = per_source[src.name]
         commit = commits.get(src.name)
@@ -200,29 +231,50 @@ def build_dataset(cfg: DataConfig, out_dir: str | Path, *, seed: int = 0, on_err
             if err.field in ("path", "answers"):  # name the recipe key, not just the source's
                 err.field = f"data.sources[{cfg.sources.index(src)}].{err.field}"
             raise
-        examples = cleaner.clean(parsed, st)
-        sampled = apply_weight(examples, src, seed) if examples else []
-        st.sampled = len(sampled)
-        commercial = src.allows_commercial
-        rows.extend({"id": ex["id"], "source": src.name, "license": src.license,
-                     "commercial": commercial, "messages": ex["messages"]} for ex in sampled)
+        cleaned.append((src, cleaner.clean(parsed, st)))
+
+    # Held out before the weights: a held-out example must not reach training as a repeat.
+    held = select_heldout([(src.name, exs) for src, exs in cleaned], cfg.heldout, seed)
+    held_ids = {(name, ex["id"]) for name, ex in held}
+    heldout_counts = Counter(name for name, _ in held)
+    rows: list[dict] = []
+    for src, examples in cleaned:
+        training = [ex for ex in examples if (src.name, ex["id"]) not in held_ids] if held_ids else examples
+        sampled = apply_weight(training, src, seed) if training else []
+        per_source[src.name].sampled = len(sampled)
+        rows.extend(_row(src, ex) for ex in sampled)
+    by_name = {src.name: src for src, _ in cleaned}
+    heldout_rows = [_row(by_name[name], ex) for name, ex in held]
     if cfg.shuffle:
         rows = shuffle(rows, seed)
-    stats = make_stats(cfg, per_source, rows, seed, fp, commits)
+    stats = make_stats(cfg, per_source, rows, seed, fp, commits, heldout=heldout_counts)
     if not rows:
         echo(format_table(stats))
+        if held:
+            raise UserError(f"the training mixture is empty: all {len(held)} kept examples were held out "
+                            "for evaluation", field="data.heldout",
+                            hint="Lower data.heldout.fraction, or cap it with data.heldout.max_examples.")
         raise UserError("the mixture is empty: every row of every source was dropped",
                         hint="See the drop reasons above; check the formats, filters and length limits.")
-    manifest.details = {"total": len(rows), "hub_commits": stats["hub_commits"]}
-    _write(out, cfg, rows, stats, manifest)
+    if heldout_rows:
+        manifest.outputs[HELDOUT] = HELDOUT
+    manifest.details = {"total": len(rows), "heldout": len(heldout_rows), "hub_commits": stats["hub_commits"]}
+    _write(out, cfg, rows, heldout_rows, stats, manifest)
     echo(format_table(stats))
-    echo(f"data: wrote {len(rows)} examples to {out}")
+    echo(f"data: wrote {len(rows)} examples to {out}"
+         + (f" (+ {len(heldout_rows)} held out in {out / HELDOUT})" if heldout_rows else ""))
     return stats
 
 
-def _write(out: Path, cfg: DataConfig, rows: list[dict], stats: dict, manifest: Manifest) -> None:
+def _row(src: SourceConfig, ex: dict) -> dict:
+    return {"id": ex["id"], "source": src.name, "license": src.license, "commercial": src.allows_commercial,
+            "messages": ex["messages"]}
+
+
+def _write(out: Path, cfg: DataConfig, rows: list[dict], heldout_rows: list[dict], stats: dict,
+           manifest: Manifest) -> None:
     """Write everything into a temp folder beside ``out`` (the manifest last), then swap it into
-    place: a folder at ``out`` with a manifest is always complete."""
+    place: a folder at ``out`` with a manifest is always complete (held-out split included)."""
     import datasets
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -233,8 +285,10 @@ def _write(out: Path, cfg: DataConfig, rows: list[dict], stats: dict, manifest: 
         import pyarrow as pa
 
         features = _features()
-        table = pa.Table.from_pylist(rows, schema=features.arrow_schema)
-        datasets.Dataset(table, info=datasets.DatasetInfo(features=features)).save_to_disk(str(tmp / "dataset"))
+        for name, part in (("dataset", rows), (HELDOUT, heldout_rows)):
+            if part:
+                table = pa.Table.from_pylist(part, schema=features.arrow_schema)
+                datasets.Dataset(table, info=datasets.DatasetInfo(features=features)).save_to_disk(str(tmp / name))
         write_json(tmp / "stats.json", stats)
         write_text(tmp / "stats.md", format_markdown(stats))
         save_config(cfg, tmp)
@@ -252,9 +306,11 @@ def _write(out: Path, cfg: DataConfig, rows: list[dict], stats: dict, manifest: 
 
 
 def make_stats(cfg: DataConfig, per_source: dict[str, SourceStats], rows: list[dict], seed: int,
-               fp: str, commits: dict[str, HubCommit] | None = None) -> dict:
-    """The stats dict of a build (what stats.json holds)."""
+               fp: str, commits: dict[str, HubCommit] | None = None, heldout: dict[str, int] | None = None) -> dict:
+    """The stats dict of a build (what stats.json holds); ``rows`` is the training set and
+    ``heldout`` the held-out count per source."""
     commits = commits or {}
+    heldout = heldout or {}
     total = len(rows)
     sources = {}
     dropped: Counter = Counter()
@@ -264,7 +320,8 @@ def make_stats(cfg: DataConfig, per_source: dict[str, SourceStats], rows: list[d
         sources[src.name] = {
             "path": src.path, "format": src.format, "license": src.license,
             "commercial": src.allows_commercial, "weight": src.weight,
-            "rows_read": st.rows_read, "conversations": st.examples, "kept": st.kept, "sampled": st.sampled,
+            "rows_read": st.rows_read, "conversations": st.examples, "kept": st.kept,
+            "heldout": heldout.get(src.name, 0), "sampled": st.sampled,
             "dropped": dict(sorted(st.dropped.items())), "share": round(st.sampled / total, 4) if total else 0.0,
             "errors": st.errors,
         }
@@ -274,7 +331,9 @@ def make_stats(cfg: DataConfig, per_source: dict[str, SourceStats], rows: list[d
     licences = Counter(r["license"] for r in rows)
     return {
         "version": FORMAT_VERSION, "fingerprint": fp, "seed": seed, "licence_policy": cfg.licence_policy,
-        "total": total, "commercial_use_ok": all(r["commercial"] for r in rows),
+        "total": total, "heldout": {"total": sum(heldout.values()), "fraction": cfg.heldout.fraction,
+                                    "max_examples": cfg.heldout.max_examples},
+        "commercial_use_ok": all(r["commercial"] for r in rows),
         "licenses": dict(sorted(licences.items())), "dropped": dict(sorted(dropped.items())),
         "mixture": {name: s["share"] for name, s in sources.items()}, "sources": sources,
         "hub_commits": {name: {"repo": c.repo, "revision": c.revision, "commit": c.sha, "resolved_via": c.via}
@@ -288,18 +347,32 @@ def _drops(d: dict) -> str:
 
 def format_table(stats: dict) -> str:
     """The per-source summary printed to the terminal."""
-    head = ("source", "format", "license", "read", "convs", "kept", "sampled", "dropped")
+    head = ("source", "format", "license", "read", "convs", "kept", "heldout", "sampled", "dropped")
     lines = [[name, s["format"], s["license"], str(s["rows_read"]), str(s["conversations"]), str(s["kept"]),
-              str(s["sampled"]), _drops(s["dropped"])] for name, s in stats["sources"].items()]
+              str(s.get("heldout", 0)), str(s["sampled"]), _drops(s["dropped"])]
+             for name, s in stats["sources"].items()]
     widths = [max(len(r[i]) for r in [list(head)] + lines) for i in range(len(head) - 1)]
     fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1]  # noqa: E731
     out = [fmt(list(head))] + [fmt(r) for r in lines]
     out.append(f"total: {stats['total']} examples; licences: {_drops(stats['licenses'])}; "
                f"policy {stats['licence_policy']}; commercial use ok: {stats['commercial_use_ok']}")
+    if _heldout_total(stats):
+        out.append(_heldout_line(stats))
     for name, s in stats["sources"].items():
         for err in s["errors"]:
             out.append(f"  skipped in {name}: {err}")
     return "\n".join(out)
+
+
+def _heldout_total(stats: dict) -> int:
+    return (stats.get("heldout") or {}).get("total", 0)
+
+
+def _heldout_line(stats: dict) -> str:
+    h = stats["heldout"]
+    cap = f", at most {h['max_examples']}" if h.get("max_examples") else ""
+    return (f"held out {h['total']} examples for evaluation (data.heldout: fraction {h['fraction']}{cap}); "
+            "they are not in the training set")
 
 
 def format_markdown(stats: dict) -> str:
@@ -307,15 +380,18 @@ def format_markdown(stats: dict) -> str:
     md = ["# Dataset build", "",
           f"{stats['total']} examples; seed {stats['seed']}; licence policy `{stats['licence_policy']}`; "
           f"commercial use ok: **{stats['commercial_use_ok']}**; fingerprint `{stats['fingerprint']}`.", "",
+          *([_heldout_line(stats) + " (`heldout/`).", ""] if _heldout_total(stats) else []),
           "## Sources", "",
-          "| source | format | licence | commercial | weight | rows read | conversations | kept | sampled | share | dropped |",
-          "|---|---|---|---|---|---|---|---|---|---|---|"]
+          "| source | format | licence | commercial | weight | rows read | conversations | kept | heldout | sampled "
+          "| share | dropped |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in stats["sources"].items():
         md.append(f"| {name} | {s['format']} | {s['license']} | {s['commercial']} | {s['weight']} | "
-                  f"{s['rows_read']} | {s['conversations']} | {s['kept']} | {s['sampled']} | "
+                  f"{s['rows_read']} | {s['conversations']} | {s['kept']} | {s.get('heldout', 0)} | {s['sampled']} | "
                   f"{s['share']:.1%} | {_drops(s['dropped'])} |")
     md += ["", "`rows read` counts input records (messages for `oasst`, answers for `fastchat-answers`); "
-           "`conversations` what the format made of them; `kept` after cleaning; `sampled` after the weight.",
+           "`conversations` what the format made of them; `kept` after cleaning; `heldout` of those kept out "
+           "of training for evaluation; `sampled` the rest after the weight (the training set).",
            "", "## Licences", "", "| licence | examples |", "|---|---|"]
     md += [f"| {lic} | {n} |" for lic, n in stats["licenses"].items()]
     if stats.get("hub_commits"):

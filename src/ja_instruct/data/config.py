@@ -152,6 +152,22 @@ class CleanConfig(StrictModel):
     """Drop conversations with more than this many assistant turns (``too_many_turns``); null: no limit."""
 
 
+class HeldoutConfig(StrictModel):
+    """Cleaned examples kept out of training, to evaluate on (the generate stage scores each
+    model's NLL of their reference answers)."""
+
+    fraction: float = Field(default=0.0, ge=0.0, le=0.5)
+    """Share of the cleaned examples (after cleaning and de-duplication, before the weights, so a
+    held-out example never reaches training as a weight repeat) held out of the training set for
+    evaluation. Each example is held out iff a uniform number hashed from (seed, source name,
+    example id) is below it: adding sources or rows never changes which of the others are held
+    out. 0: no held-out split."""
+    max_examples: int | None = Field(default=None, ge=1)
+    """Most held-out examples: of those ``fraction`` selects, keep the ones with the smallest hash
+    numbers over all sources (the rest go back to training). Ignored when ``fraction`` is 0.
+    Default: no cap."""
+
+
 class DataConfig(StrictModel):
     """The 'data' section of a recipe: which sources, how to clean and mix them."""
 
@@ -169,6 +185,9 @@ class DataConfig(StrictModel):
     row and counts it as ``malformed``. ``--on-error`` on the command line overrides it."""
     shuffle: bool = True
     """Shuffle the final mixture (seeded by the recipe's ``seed``)."""
+    heldout: HeldoutConfig = HeldoutConfig()
+    """Held-out split for evaluation (``<out>/heldout``, same columns as the dataset): a share of
+    the cleaned examples that never reaches training."""
 
     @field_validator("sources")
     @classmethod

@@ -1,16 +1,19 @@
-"""The mixture: licence policy and per-source weights.
+"""The mixture: licence policy, the held-out split and per-source weights.
 
 Weights are applied per source with a random generator seeded by
 ``(seed, source name)``, so adding or re-weighting one source never changes
-which rows another source contributes.
+which rows another source contributes. The held-out split is decided per
+example by a hash of ``(seed, source name, example id)`` for the same reason.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
+from collections.abc import Iterable
 
-from ja_instruct.data.config import DataConfig, SourceConfig, licence_forbids_commercial
+from ja_instruct.data.config import DataConfig, HeldoutConfig, SourceConfig, licence_forbids_commercial
 from ja_instruct.errors import UserError
 
 
@@ -31,6 +34,37 @@ def check_licence_policy(cfg: DataConfig) -> None:
                         field=f"data.sources[{i}]",
                         hint="Remove the source (or give it weight 0), or set data.licence_policy: "
                              "noncommercial (the dataset is then for non-commercial use only).")
+
+
+def heldout_key(seed: int, source: str, example_id: str) -> float:
+    """A uniform number in [0, 1) that depends only on (seed, source name, example id).
+
+    Source names cannot contain ``:`` (`SourceConfig.name`), so the joined string is unambiguous."""
+    digest = hashlib.sha256(f"{seed}:{source}:{example_id}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def select_heldout(cleaned: Iterable[tuple[str, list[dict]]], cfg: HeldoutConfig,
+                   seed: int) -> list[tuple[str, dict]]:
+    """The held-out examples of ``cleaned`` (``(source name, cleaned examples)`` per active source).
+
+    An example is held out iff its `heldout_key` is below ``cfg.fraction``; with ``cfg.max_examples``
+    only the smallest keys over all sources are kept. Returns ``(source name, example)`` pairs in
+    ascending key order, so any prefix of the split is itself a seeded uniform sample of it (the
+    first n equal what ``max_examples: n`` would select).
+    """
+    if cfg.fraction <= 0:
+        return []
+    picked = []
+    for name, examples in cleaned:
+        for ex in examples:
+            key = heldout_key(seed, name, ex["id"])
+            if key < cfg.fraction:
+                picked.append((key, name, ex))
+    picked.sort(key=lambda t: (t[0], t[1], t[2]["id"]))
+    if cfg.max_examples is not None:
+        picked = picked[:cfg.max_examples]
+    return [(name, ex) for _, name, ex in picked]
 
 
 def apply_weight(examples: list[dict], src: SourceConfig, seed: int) -> list[dict]:

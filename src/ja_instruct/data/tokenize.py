@@ -21,20 +21,21 @@ applies the same rule to generation prompts.
 
 A message whose content contains a special-token string (``</s>``) would turn into
 control tokens; such conversations are dropped and counted.
+
+Over-long conversations are dropped by default in training (``train.overlong: drop``): a
+truncated answer has no EOS, so training on it teaches the model not to stop.
+`describe_token_stats` says what happened in one line: kept whole, truncated, dropped and why.
 """
 
 from __future__ import annotations
 
 import bisect
-import logging
 import re
 from collections.abc import Sequence
 from typing import Any
 
 from ja_instruct.data.templates import Template, TokenizerTemplate, adds_bos, get_template
 from ja_instruct.errors import UserError
-
-log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 OVERLONG_POLICIES = ("truncate", "drop")
@@ -180,14 +181,15 @@ def tokenize_conversation(tokenizer: Any, template: str | Template, messages: Se
 
 
 def tokenize_dataset(dataset: Any, tokenizer: Any, template: str | Template, max_length: int | None,
-                     overlong: str = "truncate") -> tuple[Any, dict[str, int]]:
+                     overlong: str = "drop") -> tuple[Any, dict[str, int]]:
     """Tokenise a dataset with a ``messages`` column (the data stage's output).
 
     Returns:
         ``(Dataset with input_ids, labels, num_supervised columns, stats)``; stats counts
         ``total, kept, truncated, dropped_overlong, dropped_no_response,
-        dropped_special_tokens, supervised_tokens, tokens`` (``kept`` includes ``truncated``;
-        token counts are over kept examples, after truncation).
+        dropped_special_tokens, supervised_tokens, tokens``. ``kept`` is every example in the
+        result, truncated ones INCLUDED (whole ones: ``kept - truncated``); say it to people with
+        `describe_token_stats`. Token counts are over kept examples, after truncation.
     """
     import datasets
     from tqdm.auto import tqdm
@@ -222,9 +224,41 @@ def tokenize_dataset(dataset: Any, tokenizer: Any, template: str | Template, max
     features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
                                   "labels": datasets.Sequence(datasets.Value("int32")),
                                   "num_supervised": datasets.Value("int32")})
-    dropped = stats["total"] - stats["kept"]
-    if dropped:
-        log.info("tokenise: kept %d of %d examples (%d truncated, %d dropped: %s)", stats["kept"], stats["total"],
-                 stats["truncated"], dropped,
-                 ", ".join(f"{k}={stats[k]}" for k in STATUSES[2:] if stats[k]))
     return datasets.Dataset.from_dict(cols, features=features), stats
+
+
+def drop_reasons(max_length: int | None, overlong: str = "drop") -> dict[str, str]:
+    """Why an example with each dropped status of `STATUSES` was left out, in words."""
+    limit = f"{max_length} tokens" if max_length is not None else "the length limit"
+    return {
+        # with `truncate` an example is only dropped when no answer token is left within the limit
+        "dropped_overlong": f"prompt alone fills {limit}" if overlong == "truncate" else f"longer than {limit}",
+        "dropped_no_response": "no assistant turn",
+        "dropped_special_tokens": "special-token string in a message",
+    }
+
+
+def example_counts(stats: dict, max_length: int | None, overlong: str = "drop") -> dict:
+    """The examples of a `tokenize_dataset` run with nothing implied: ``{"total", "kept_whole",
+    "truncated", "dropped": {reason in words: n}}`` (for manifests and model cards)."""
+    truncated = stats.get("truncated", 0)
+    return {"total": stats.get("total", 0), "kept_whole": stats.get("kept", 0) - truncated, "truncated": truncated,
+            "dropped": {why: stats[status] for status, why in drop_reasons(max_length, overlong).items()
+                        if stats.get(status)}}
+
+
+def describe_token_stats(stats: dict, max_length: int | None, overlong: str = "drop") -> str:
+    """One unambiguous line about a `tokenize_dataset` run, e.g.
+    ``tokenise: 306 kept, 49 dropped (longer than 256 tokens)`` or
+    ``tokenise: 355 kept (296 of them truncated to 256 tokens), 2 dropped (no assistant turn)``.
+
+    Truncated examples are always named: ``kept`` never silently includes them."""
+    kept, truncated = stats.get("kept", 0), stats.get("truncated", 0)
+    head = f"tokenise: {kept} kept"
+    if truncated:
+        head += f" ({truncated} of them truncated to {max_length} tokens)"
+    parts = [head]
+    for status, why in drop_reasons(max_length, overlong).items():
+        if stats.get(status):
+            parts.append(f"{stats[status]} dropped ({why})")
+    return ", ".join(parts)

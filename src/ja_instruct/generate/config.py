@@ -7,6 +7,7 @@ generate:
   questions: ../shared/data/ja_mt_bench/question.jsonl   # or yuzuai/rakuda-questions, embedded:questions_ja.jsonl
   mt_bench_temperatures: true
   max_new_tokens: 512
+  reference_nll: {references: heldout}    # judge-free signal: NLL of held-out answers per model
   models:
     - {id: plamo-13b-instruct, backend: hf, path: trained, template: plamo, dtype: bfloat16, batch_size: 8}
     - {id: gpt-4o-mini, backend: openai, path: gpt-4o-mini, api_key_env: OPENAI_API_KEY}
@@ -93,6 +94,37 @@ class ModelSpec(StrictModel):
         return env_var_name(value)
 
 
+# `ReferenceNLLConfig.references` value meaning "the held-out split of this recipe's data stage".
+HELDOUT = "heldout"
+
+
+class ReferenceNLLConfig(StrictModel):
+    """Judge-free quality signal: how likely each local model finds held-out reference answers
+    (mean negative log-likelihood per answer token, with the model's own template), written to
+    `<out>/reference_nll.json`."""
+
+    references: str = HELDOUT
+    """The reference conversations: `heldout` (the held-out split of this recipe's data stage, see
+    `data.heldout`), or a local JSONL/JSON/parquet file or `save_to_disk` folder with a `messages`
+    column (`[{role, content}, ...]`), or a FastChat question file whose `reference` (or
+    `reference_answers`) gives one answer per turn (questions lacking one for a turn are skipped)."""
+    reference_answers: str | None = None
+    """FastChat answer JSONL giving the reference answers of a question file in `references`
+    (e.g. `ja_mt_bench/reference_answer/gpt-4.jsonl`); questions' own `reference` wins."""
+    limit: int | None = Field(default=None, ge=1)
+    """Only the first N reference conversations (smoke tests)."""
+    batch_size: int = Field(default=4, ge=1)
+    """Conversations per forward pass when scoring (sorted by length, right padded); lower it on
+    out-of-memory errors: it does not change the result."""
+
+    @model_validator(mode="after")
+    def _answers_need_questions(self) -> "ReferenceNLLConfig":
+        if self.reference_answers is not None and self.references == HELDOUT:
+            raise ValueError("reference_answers gives the answers of a question file; the held-out split "
+                             "has its own (set references to the question file)")
+        return self
+
+
 class GenerateConfig(StrictModel):
     """The 'generate' section of a recipe: answers for a question set, one JSONL file per model."""
 
@@ -126,6 +158,10 @@ class GenerateConfig(StrictModel):
     extraction/math/coding/reasoning 0.0); `category_temperature` entries still win."""
     seed: int | None = None
     """Sampling seed; default the recipe's `seed`."""
+    reference_nll: ReferenceNLLConfig | None = None
+    """Also score each hf/vllm model on reference answers: the mean negative log-likelihood per
+    answer token (the model's held-out "eval loss"; lower is better), in `<out>/reference_nll.json`.
+    null: not computed. openai/fake models are listed as unavailable (no weights)."""
 
     @field_validator("category_temperature")
     @classmethod

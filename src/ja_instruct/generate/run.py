@@ -7,16 +7,21 @@ Output (default ``recipe.stage_dir("generate")``, i.e. ``<root>/answers``)::
     <out>/<model_id>.jsonl   one FastChat answer per line, plus our "generation", "fingerprint"
                              and "health" keys
     <out>/health.json        per model: empty / truncated / loop / low-Japanese counts
+    <out>/reference_nll.json with ``reference_nll`` set: each model's mean NLL per token of
+                             reference answers (`ja_instruct.generate.nll`)
     <out>/config.yaml        the resolved generate section
     <out>/manifest.json      written LAST: the section's hash, each model's and the question
-                             set's fingerprint (`ja_instruct.manifest`)
+                             set's fingerprint (`ja_instruct.manifest`), and the references'
+                             fingerprint when reference_nll is set
 
 Every answer is a function of its inputs (`ja_instruct.generate.identity`): a re-run keeps
 an answer only when its model, its generation settings and its question are what this run
 would use; the others are regenerated, and one line per model says how many and why
 (``sft: 48 regenerated: model changed``). When the manifest matches, nothing is loaded and
-nothing is written. A killed run loses at most the chunk in flight: answers are appended
-(and fsynced) as soon as all their turns are done.
+nothing is written. A reference-NLL entry is kept the same way; a stale one is computed with
+the model generation has loaded, or with the model loaded for it alone when the answers are
+current. A killed run loses at most the chunk in flight: answers are appended (and fsynced)
+as soon as all their turns are done.
 
 Multi-turn (Japanese MT-Bench): turn k is asked with the model's own answers to turns
 1..k-1 in the conversation, exactly as FastChat's ``gen_model_answer`` does.
@@ -40,6 +45,7 @@ from ja_instruct.generate.config import GenerateConfig, ModelSpec
 from ja_instruct.generate.health import summarize, turn_health
 from ja_instruct.generate.identity import (answer_fingerprint, generation_settings, is_hub_model, model_identity,
                                            questions_fingerprint, stale_reasons)
+from ja_instruct.generate.nll import NLL_FILE, ReferenceNLL, load_references
 from ja_instruct.generate.questions import Question, load_questions
 from ja_instruct.io import JsonlAppender, read_json, read_jsonl_store, write_json, write_jsonl
 from ja_instruct.manifest import make_manifest, read_manifest, remove_manifest, write_manifest
@@ -174,10 +180,12 @@ def plan_answers(records: list[dict], questions: list[Question], spec: ModelSpec
 
 
 def generate_for_model(spec: ModelSpec, model_path: str | None, model_fp: str, cfg: GenerateConfig,
-                       questions: list[Question], out: Path, seed: int, recipe=None) -> tuple[dict, str]:
+                       questions: list[Question], out: Path, seed: int, recipe=None,
+                       on_loaded: Callable[[Backend, str], None] | None = None) -> tuple[dict, str]:
     """Bring ``<out>/<id>.jsonl`` up to date: keep current answers, drop stale ones (file rewritten
-    atomically first), answer the rest. Returns (the model's health summary, the model fingerprint
-    the new answers carry)."""
+    atomically first), answer the rest. ``on_loaded(backend, model_fp)`` runs after answering,
+    while the backend is still loaded (reference NLL). Returns (the model's health summary, the
+    model fingerprint the new answers carry)."""
     from tqdm import tqdm
 
     path = out / f"{spec.id}.jsonl"
@@ -199,6 +207,8 @@ def generate_for_model(spec: ModelSpec, model_path: str | None, model_fp: str, c
                     store.append(rec)
                     records.append(rec)
                     bar.update(1)
+            if on_loaded is not None:
+                on_loaded(backend, model_fp)
         finally:
             backend.close()
     return summarize(records), model_fp
@@ -249,6 +259,7 @@ def run_generation(recipe, out_dir: str | Path | None = None, models: list[str] 
     specs = _select(cfg, models)
     # Cheap checks first: a typo must not cost a model load.
     questions = load_questions(cfg.questions, split=cfg.split, references=cfg.reference_answers, limit=cfg.limit)
+    refs = load_references(cfg.reference_nll, recipe) if cfg.reference_nll is not None else None
     identity = {spec.id: model_identity(spec, recipe) for spec in specs}
     for spec in cfg.models:  # models outside a --model subset only decide whether the stage is complete
         if spec.id not in identity:
@@ -261,18 +272,25 @@ def run_generation(recipe, out_dir: str | Path | None = None, models: list[str] 
     if out_dir is not None:
         recipe.layout.register("generate", out)
     outputs = {spec.id: f"{spec.id}.jsonl" for spec in cfg.models}
+    if refs is not None:
+        outputs["reference_nll"] = NLL_FILE
 
     def manifest():
         if any(spec.id not in identity for spec in cfg.models):
             return None
         inputs = {f"model:{spec.id}": identity[spec.id][1] for spec in cfg.models}
         inputs["questions"] = questions_fingerprint(questions)
-        return make_manifest("generate", resolved, inputs, outputs=outputs,
-                             details={"questions": len(questions), "models": len(cfg.models)})
+        details = {"questions": len(questions), "models": len(cfg.models)}
+        if refs is not None:
+            inputs["references"] = refs.fingerprint
+            details["references"] = len(refs.ids)
+        return make_manifest("generate", resolved, inputs, outputs=outputs, details=details)
 
     expected, old = manifest(), read_manifest(out, "generate")
+    nll = ReferenceNLL(cfg.reference_nll, refs, out, old) if refs is not None else None
     if (expected is not None and old is not None and old.fingerprint == expected.fingerprint
-            and all((out / f).is_file() for f in outputs.values())):
+            and all((out / f).is_file() for f in outputs.values())
+            and (nll is None or nll.all_current(cfg.models, identity))):
         log.info("generate: up to date (%d questions, %d model(s) in %s)", len(questions), len(cfg.models), out)
         return out
     for spec in specs:
@@ -280,6 +298,8 @@ def run_generation(recipe, out_dir: str | Path | None = None, models: list[str] 
 
     remove_manifest(out)  # from here on the folder is incomplete until the manifest is rewritten
     out.mkdir(parents=True, exist_ok=True)
+    if nll is None:  # turned off: a file left by an earlier run must not be read as current
+        (out / NLL_FILE).unlink(missing_ok=True)
     save_config(resolved, out)
     log.info("generate: %d questions from %s, %d model(s) -> %s", len(questions), cfg.questions, len(specs), out)
     health_path = out / "health.json"
@@ -287,9 +307,13 @@ def run_generation(recipe, out_dir: str | Path | None = None, models: list[str] 
     health = {k: v for k, v in health.items() if k in outputs} if isinstance(health, dict) else {}
     for spec in specs:
         path, fp = identity[spec.id]
-        health[spec.id], fp = generate_for_model(spec, path, fp, cfg, questions, out, seed, recipe)
+        hook = nll.on_loaded(spec) if nll is not None else None
+        health[spec.id], fp = generate_for_model(spec, path, fp, cfg, questions, out, seed, recipe, on_loaded=hook)
         identity[spec.id] = (path, fp)
         write_json(health_path, health)
+        if nll is not None:
+            identity[spec.id] = (path, nll.update(spec, path, fp, recipe))
+            nll.write(cfg.models, identity)
         h = health[spec.id]
         log.info("%s: %d turns; empty %d, truncated %d, loops %d, low Japanese %d, mean ja_ratio %s", spec.id,
                  h["turns"], h["empty"], h["truncated"], h["loop"], h["low_ja"], h["mean_ja_ratio"])
@@ -298,7 +322,8 @@ def run_generation(recipe, out_dir: str | Path | None = None, models: list[str] 
     # answer per question; checked on the files, so a snapshot that changed while loading counts.
     final = manifest()
     missing = [s.id for s in cfg.models
-               if s.id not in identity or not _is_complete(out, s, identity[s.id][1], cfg, questions, seed)]
+               if s.id not in identity or not _is_complete(out, s, identity[s.id][1], cfg, questions, seed)
+               or (nll is not None and not nll.is_current(s, identity[s.id][1]))]
     if final is not None and not missing:
         write_manifest(out, final)
     else:

@@ -3,7 +3,10 @@
 ``build_report`` writes, into ``out_dir``:
 
 * ``index.html``: one self-contained page (plots inlined as data URIs, no network);
-* ``summary.md``: the headline tables in Markdown;
+* ``summary.md``: the verdicts ("did tuning help?", one sentence per signal) and the headline
+  tables in Markdown;
+* ``summary.json``: the same numbers as data: roles, judge-free signals, judge means, verdicts
+  (`ja_instruct.report.signals`);
 * ``scores.csv``: one row per model;
 * ``config.yaml``: the resolved report config;
 * ``manifest.json``, last: the config hash and the fingerprints of what the report read
@@ -21,14 +24,15 @@ import logging
 from pathlib import Path
 
 from ja_instruct.config import save_config
-from ja_instruct.io import write_text
+from ja_instruct.io import write_json, write_text
 from ja_instruct.manifest import input_changes, make_manifest, read_manifest, remove_manifest, write_manifest
 from ja_instruct.report.config import ReportConfig
 from ja_instruct.report.load import input_fingerprints
 
 log = logging.getLogger(__name__)
 
-OUTPUTS = {"html": "index.html", "markdown": "summary.md", "csv": "scores.csv", "config": "config.yaml"}
+OUTPUTS = {"html": "index.html", "markdown": "summary.md", "json": "summary.json", "csv": "scores.csv",
+           "config": "config.yaml"}
 
 
 def _resolved(cfg: ReportConfig | None, judge_dirs: list[str | Path], title: str | None) -> ReportConfig:
@@ -40,7 +44,8 @@ def _resolved(cfg: ReportConfig | None, judge_dirs: list[str | Path], title: str
 
 def build_report(judge_dirs: list[str | Path], out_dir: str | Path, cfg: ReportConfig | None = None,
                  title: str | None = None) -> Path:
-    """Write index.html, summary.md, scores.csv, config.yaml and manifest.json for the given judge folders.
+    """Write index.html, summary.md, summary.json, scores.csv, config.yaml and manifest.json for the given
+    judge folders.
 
     Args:
         judge_dirs: folders holding ``judgments.jsonl`` (merged when several).
@@ -57,8 +62,9 @@ def build_report(judge_dirs: list[str | Path], out_dir: str | Path, cfg: ReportC
 
 def _build(judge_dirs: list[str | Path], out: Path, cfg: ReportConfig, inputs: dict[str, str]) -> Path:
     from ja_instruct.report import plots
-    from ja_instruct.report.html import build_context, order_models, render_html
+    from ja_instruct.report.html import build_context, demo_judge_reason, order_models, render_html
     from ja_instruct.report.load import load_report_data
+    from ja_instruct.report.signals import build_summary
     from ja_instruct.report.stats import answer_health, bootstrap_params, pairwise_stats, rank_key, single_scores
     from ja_instruct.report.writers import scores_csv, summary_md
 
@@ -94,16 +100,19 @@ def _build(judge_dirs: list[str | Path], out: Path, cfg: ReportConfig, inputs: d
         figures["heatmap"] = plots.win_rate_heatmap(order, pairwise.win_rate[ix][:, ix], fmt, dpi)
         figures["bt"] = plots.bt_ranking(pairwise.models, pairwise.ratings, pairwise.rating_ci, fmt, dpi, pct)
 
-    ctx = build_context(data, scores, pairwise, health, figures, cfg, cfg.title)
+    summary = build_summary(data, models, scores, cfg, cfg.title, demo_judge_reason(data, cfg) is not None,
+                            (n_boot, seed))
+    ctx = build_context(data, scores, pairwise, health, figures, cfg, cfg.title, summary)
     out.mkdir(parents=True, exist_ok=True)
     remove_manifest(out)  # incomplete until the new manifest is written
     write_text(out / OUTPUTS["html"], render_html(ctx))
     write_text(out / OUTPUTS["markdown"], summary_md(ctx, scores, pairwise))
+    write_json(out / OUTPUTS["json"], summary)
     write_text(out / OUTPUTS["csv"], scores_csv(models, scores, health, pairwise))
     save_config(cfg, out)
     write_manifest(out, make_manifest("report", cfg, inputs, outputs=OUTPUTS,
                                       details={"bootstrap": n_boot, "seed": seed, "models": models,
-                                               "judgments": len(data.judgments)}))
+                                               "baseline": summary["baseline"], "judgments": len(data.judgments)}))
     return out / OUTPUTS["html"]
 
 

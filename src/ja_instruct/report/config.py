@@ -47,6 +47,10 @@ class ReportConfig(StrictModel):
     max_repeat_ratio: float = Field(0.5, ge=0, le=1)
     """Answer-health flag: a turn marked `loop` by the generate stage, or whose repeated n-gram share is
     at least this, is `looping`."""
+    baseline: str | None = None
+    """Model id of the BASE model that tuned models are compared with (verdicts "tuning helped / hurt /
+    no clear difference" in summary.md and summary.json). null = the generate model whose `path` is the
+    train config's `model`. Tuned models are those generated with `path: trained`."""
     demo_judge: bool | None = None
     """Label the judge as a DEMO JUDGE (not a real evaluation); null = automatically when the judge
     backend is `hf` (a small local logprob judge) or `fake`."""

@@ -133,10 +133,17 @@ def _configs(data: ReportData) -> list[dict]:
 
 def build_context(data: ReportData, scores: dict[str, ModelScores], pairwise: Pairwise | None,
                   health: dict[str, dict | None], figures: dict[str, str], cfg: ReportConfig,
-                  title: str) -> dict:
-    """Everything the template shows, as plain strings/lists (formatting happens here)."""
+                  title: str, summary: dict | None = None) -> dict:
+    """Everything the template shows, as plain strings/lists (formatting happens here).
+
+    ``summary`` (`ja_instruct.report.signals.build_summary`, default: computed here) gives the
+    verdict sentences and the judge-free signals table; with a demo judge they lead the page."""
+    from ja_instruct.report.signals import build_summary, signal_table
+
     models = order_models(scores, pairwise, data, cfg)
     reason = demo_judge_reason(data, cfg)
+    if summary is None:
+        summary = build_summary(data, models, scores, cfg, title, reason is not None, (cfg.bootstrap, cfg.seed))
     score_rows = []
     for m in models:
         if m not in scores:
@@ -213,6 +220,9 @@ def build_context(data: ReportData, scores: dict[str, ModelScores], pairwise: Pa
                   "mode": r.mode, "question_set": r.question_set or "–", "demo": r.backend in DEMO_BACKENDS,
                   "n": sum(1 for j in data.judgments if j.get("judge") == r.judge)} for r in data.runs],
         "model_meta": model_meta, "configs": _configs(data),
+        "verdicts": [v["sentence"] for v in summary["verdicts"]], "notes": summary["notes"],
+        "signals": signal_table(summary), "baseline": summary["baseline"],
+        "nll_files": summary["reference_nll_files"],
     }
 
 

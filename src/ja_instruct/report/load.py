@@ -11,14 +11,18 @@ Where things are found, starting from a judge folder ``J``:
 * the answers folder: ``answers_dir`` of the summary or config, else ``J/../answers``;
 * the questions: the judge config's ``questions``, else the generate config's (in the
   answers folder), when it is a local file or ``embedded:NAME``;
-* each model's path: the generate config's ``models[].path`` (``trained`` = ``<root>/train/final``);
-  training-data licences from a ``stats.json`` (the data stage's) found beside the model,
-  through the train config's ``dataset_dir``, or in ``<root>/data``.
+* each model's path: the generate config's ``models[].path`` (``trained`` = the run layout's
+  ``<train>/final``); training-data licences from a ``stats.json`` (the data stage's) found beside
+  the model, through the train config's ``dataset_dir``, or in ``<root>/data``; the base model of
+  a trained one: the train config's ``model`` (``<train>/config.yaml``);
+* held-out reference NLLs: ``reference_nll.json`` in the answers folder (optional; see
+  `load_reference_nll`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,7 @@ log = logging.getLogger(__name__)
 
 JUDGMENTS = "judgments.jsonl"
 TRAINED = "trained"  # the generate stage's "this recipe's train output" marker
+REFERENCE_NLL = "reference_nll.json"  # the generate stage's held-out reference NLLs, beside the answers
 
 
 @dataclass
@@ -61,6 +66,7 @@ class ModelInfo:
     licences: dict[str, Any] | None = None
     licence_source: str | None = None
     card: str | None = None
+    train_model: str | None = None  # a trained model's base: its train config's ``model``
 
 
 @dataclass
@@ -73,6 +79,8 @@ class ReportData:
     answers: dict[str, dict[str, dict]]
     models: dict[str, ModelInfo]
     generate_config: dict | None = None
+    reference_nll: dict[str, dict] = field(default_factory=dict)  # model id -> its reference_nll.json entry
+    reference_nll_files: list[dict] = field(default_factory=list)  # {"file", "source", "definition", ...}
 
 
 def _read_yaml(path: Path) -> dict:
@@ -109,7 +117,8 @@ def _judge_meta(d: Path) -> tuple[dict | None, dict, Path | None]:
 def input_fingerprints(judge_dirs: list[str | Path]) -> dict[str, str]:
     """What a report is made from, for its manifest: each judge folder's manifest fingerprint
     together with the hash of its judgments.jsonl + summary.json, the answer files of its answers
-    folder and its local question file. Reads only small files: deciding costs no loading."""
+    folder, the folder's reference_nll.json (when there is one) and its local question file.
+    Reads only small files: deciding costs no loading."""
     from ja_instruct.io import stable_hash
     from ja_instruct.manifest import file_fingerprint, read_manifest
 
@@ -129,6 +138,8 @@ def input_fingerprints(judge_dirs: list[str | Path]) -> dict[str, str]:
         if answers_dir is not None:
             inputs[f"answers:{answers_dir}"] = stable_hash(
                 {f.name: file_fingerprint(f) for f in sorted(answers_dir.glob("*.jsonl"))})
+            if (answers_dir / REFERENCE_NLL).is_file():
+                inputs[f"reference_nll:{answers_dir}"] = file_fingerprint(answers_dir / REFERENCE_NLL)
         q = (summary or {}).get("question_set") or config.get("questions")
         if q and resolve_path(q).is_file():
             inputs[f"questions:{q}"] = file_fingerprint(resolve_path(q))
@@ -206,10 +217,15 @@ def _licences_from_stats(stats: dict) -> dict | None:
 
 
 def _model_provenance(info: ModelInfo, root: Path | None) -> None:
-    """Fill path, model card and training-data licences of a (tuned) model, best effort."""
+    """Fill path, model card, training-data licences and base model of a (tuned) model, best effort."""
+    from ja_instruct.manifest import RunLayout
+
     path = info.spec.get("path") or info.generation.get("model_path") or info.generation.get("path")
     if path == TRAINED and root is not None:
-        path = str(root / "train" / "final")
+        final = RunLayout(root).final  # wherever `ja-instruct train --out` put it
+        path = str(final)
+        model = _read_yaml(final.parent / "config.yaml").get("model")
+        info.train_model = str(model) if model else None
     info.path = path
     if not path or str(path).startswith("embedded:"):
         return
@@ -233,6 +249,58 @@ def _model_provenance(info: ModelInfo, root: Path | None) -> None:
             if lic:
                 info.licences, info.licence_source = lic, str(c)
                 return
+
+
+def _number(v: Any) -> bool:
+    """A finite JSON number (NaN/Infinity would make the report's summary.json invalid JSON)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_nll_entry(model: str, e: Any, path: Path, hint: str) -> None:
+    """Raise a UserError naming the file when a model's entry is not the documented shape."""
+    where = f"models.{model}"
+    if not isinstance(e, dict):
+        raise UserError("a model's entry must be an object", file=path, field=where, hint=hint)
+    if "unavailable" in e:
+        if not isinstance(e["unavailable"], str):
+            raise UserError("'unavailable' must be a string (why no NLL was measured)", file=path, field=where,
+                            hint=hint)
+        return
+    for k in ("mean_nll", "perplexity", "tokens", "conversations"):
+        if not _number(e.get(k)):
+            raise UserError(f"'{k}' must be a number", file=path, field=f"{where}.{k}", hint=hint)
+    convs = e.get("per_conversation", [])
+    if not isinstance(convs, list):
+        raise UserError("'per_conversation' must be a list", file=path, field=f"{where}.per_conversation",
+                        hint=hint)
+    for i, c in enumerate(convs):
+        if not (isinstance(c, dict) and isinstance(c.get("id"), (str, int)) and _number(c.get("nll"))
+                and _number(c.get("tokens"))):
+            raise UserError("each per-conversation record needs 'id', 'nll' (a number) and 'tokens' (a number)",
+                            file=path, field=f"{where}.per_conversation[{i}]", hint=hint)
+
+
+def load_reference_nll(answers_dir: Path) -> dict | None:
+    """``<answers>/reference_nll.json`` (the generate stage's held-out reference NLLs), validated;
+    None when absent. Its shape::
+
+        {"version": 1, "references": {"source", "fingerprint", "conversations"}, "definition": str,
+         "models": {id: {"fingerprint", "mean_nll", "perplexity", "tokens", "conversations", "skipped",
+                         "per_conversation": [{"id", "nll" (summed over the tokens), "tokens"}]}
+                    | {"fingerprint", "unavailable": why}}}
+
+    A malformed file is a UserError naming it (a model absent from it is simply not measured)."""
+    path = answers_dir / REFERENCE_NLL
+    if not path.is_file():
+        return None
+    hint = "It is written by `ja-instruct generate`; regenerate it, or delete it to report without NLLs."
+    raw = read_json(path)  # a UserError naming the file and line when it is not JSON
+    if not isinstance(raw, dict) or raw.get("version") != 1 or not isinstance(raw.get("models"), dict):
+        raise UserError("not a reference NLL file (needs 'version': 1 and a 'models' object)", file=path,
+                        hint=hint)
+    for m, e in raw["models"].items():
+        _check_nll_entry(str(m), e, path, hint)
+    return raw
 
 
 def _identity(r: dict) -> tuple | None:
@@ -278,5 +346,17 @@ def load_report_data(judge_dirs: list[str | Path]) -> ReportData:
         info = ModelInfo(id=m, generation=dict(first.get("generation") or {}), spec=dict(specs.get(m) or {}))
         _model_provenance(info, root)
         infos[m] = info
+    nll: dict[str, dict] = {}
+    nll_files: list[dict] = []
+    for a in dict.fromkeys(answers_dirs):
+        raw = load_reference_nll(a)
+        if raw is None:
+            continue
+        refs = raw.get("references") if isinstance(raw.get("references"), dict) else {}
+        nll_files.append({"file": str(a / REFERENCE_NLL), "source": refs.get("source"),
+                          "conversations": refs.get("conversations"), "definition": raw.get("definition")})
+        for m, e in raw["models"].items():
+            if m in models and m not in nll:
+                nll[m] = e
     return ReportData(runs=runs, judgments=judgments, questions=questions, answers=answers,
-                      models=infos, generate_config=gen_cfg)
+                      models=infos, generate_config=gen_cfg, reference_nll=nll, reference_nll_files=nll_files)

@@ -1,4 +1,9 @@
-"""The report's plain-text outputs: ``summary.md`` (readable anywhere) and ``scores.csv`` (one row per model)."""
+"""The report's plain-text outputs: ``summary.md`` (readable anywhere) and ``scores.csv`` (one row per model).
+
+summary.md opens with the verdict sentences of summary.json (`ja_instruct.report.signals`),
+printed as they are, then the judge-free signals table (with a demo judge; after the judge's
+tables with a real one), then the judge's numbers.
+"""
 
 from __future__ import annotations
 
@@ -51,9 +56,31 @@ def _md_table(header: list[str], rows: list[list]) -> list[str]:
     return out
 
 
+def _signals_md(ctx: dict) -> list[str]:
+    """The judge-free signals table, each signal's meaning, and where the references came from."""
+    sig = ctx["signals"]
+    header = ["signal"] + [m["id"] + (f" ({m['role']})" if m["role"] else "") for m in sig["models"]]
+
+    def cell(c: dict) -> str:
+        return c["value"] + (f" ({c['detail']})" if c["detail"] else "") + (f"; {c['vs']}" if c["vs"] else "")
+
+    rows = [[r["label"]] + [cell(c) for c in r["cells"]] for r in sig["rows"]]
+    out = ["## Judge-free signals", ""] + _md_table(header, rows) + [""]
+    out += [f"- {r['label']}: {r['meaning']}" for r in sig["rows"]]
+    for f in ctx["nll_files"]:
+        n = f" ({f['conversations']} conversations)" if f.get("conversations") is not None else ""
+        out += ["", f"Held-out references: {f.get('source') or 'unknown source'}{n}, from {f['file']}."]
+    return out + [""]
+
+
 def summary_md(ctx: dict, scores: dict[str, ModelScores], pairwise: Pairwise | None) -> str:
-    """The headline numbers as Markdown (scores, per category, pairwise ranking, judge)."""
+    """The verdicts, the judge-free signals and the judge's numbers as Markdown (scores, per category,
+    pairwise ranking, judge errors, licences); the judge's tables lead only with a real judge."""
     out = [f"# {ctx['title']}", ""]
+    out += [f"- {v}" for v in ctx["verdicts"]] + [f"- Note: {n}" for n in ctx["notes"]]
+    out += [""] if ctx["verdicts"] or ctx["notes"] else []
+    if ctx["demo_judge"]:
+        out += _signals_md(ctx)
     if ctx["demo_judge"]:
         out += [f"> **DEMO JUDGE: not a real evaluation.** Scores come from {ctx['demo_reason']}.", ""]
     out += [f"Judge: {', '.join(ctx['judges'])} · prompt: {', '.join(ctx['prompts'])} · "
@@ -80,6 +107,8 @@ def summary_md(ctx: dict, scores: dict[str, ModelScores], pairwise: Pairwise | N
         out += _md_table(["rank", "model", "rating", f"{ctx['ci_pct']}% CI", "wins", "ties", "losses"],
                          [[i, r["model"], r["rating"], r["ci"], r["wins"], r["ties"], r["losses"]]
                           for i, r in enumerate(pw["rows"], 1)])
+    if not ctx["demo_judge"]:
+        out += [""] + _signals_md(ctx)
     if ctx["judge_errors"]:
         out += ["", "## Judge errors", "",
                 f"{len(ctx['judge_errors'])} judgment(s) could not be made (the judge call was refused or failed); "

@@ -71,8 +71,11 @@ class TrainConfig(StrictModel):
     max_position_embeddings: int | None = Field(None, ge=1)
     """Override the model config's ``max_position_embeddings`` (RoPE models accept longer
     positions; PLaMo-13B-Instruct was trained at 8192). Also written to the exported config."""
-    overlong: Literal["truncate", "drop"] = "truncate"
-    """What to do with an example longer than ``max_length``: cut it, or leave it out."""
+    overlong: Literal["truncate", "drop"] = "drop"
+    """What to do with an example longer than ``max_length``. ``drop`` (default) leaves it out:
+    a cut answer has no EOS, so training on it teaches the model not to stop. ``truncate`` keeps
+    its first ``max_length`` tokens instead (more data, at that cost). Either way the run logs
+    and the model card state how many were kept whole, truncated and dropped."""
     packing: bool = True
     """Pack several examples into one row (each keeps its own position ids, so none attends to
     another); False pads each example to the longest one in its micro-batch."""

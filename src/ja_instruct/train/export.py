@@ -7,8 +7,8 @@ What a user needs to run the model with nothing but transformers:
 * the tokenizer, with the recipe's prompt format installed as its chat template, so
   ``tokenizer.apply_chat_template`` renders exactly the training prompt;
 * ``generation_config.json`` with the PLaMo card's sampling defaults;
-* ``README.md``, a model card: base model, training sources and their licences,
-  hyper-parameters;
+* ``README.md``, a model card: base model, training sources and their licences, the
+  examples kept whole / truncated / dropped at tokenisation (and why), hyper-parameters;
 * ``.complete``: a marker written last, holding the fingerprint of the train manifest
   that describes this folder (`ja_instruct.train.identity.final_is_complete`).
 
@@ -167,6 +167,32 @@ def _sources_table(stats: dict) -> list[str]:
     return rows
 
 
+def _heldout_note(stats: dict) -> list[str]:
+    held = stats.get("heldout") if isinstance(stats.get("heldout"), dict) else {}
+    n = held.get("total") or 0
+    return ["", f"{n} further examples were held out of training for evaluation (`data.heldout`)."] if n else []
+
+
+def _examples_section(cfg: TrainConfig, counts: dict | None) -> list[str]:
+    """"## Training examples": what tokenisation kept whole, truncated and dropped, and why.
+    ``counts`` is `ja_instruct.data.tokenize.example_counts` (absent: the section says so)."""
+    if cfg.overlong == "drop":
+        policy = (f"Over-long examples (more than {cfg.max_length} tokens) were dropped (`overlong: drop`): a cut "
+                  "answer has no EOS, so training on it would teach the model not to stop.")
+    else:
+        policy = (f"Over-long examples were truncated to {cfg.max_length} tokens (`overlong: truncate`): their cut "
+                  "answer has no EOS, which teaches the model not to stop.")
+    lines = ["## Training examples", ""]
+    if not counts:
+        return lines + [policy, ""]
+    lines += ["| examples | count |", "|---|---|",
+              f"| in the dataset | {counts.get('total', '')} |",
+              f"| trained on whole | {counts.get('kept_whole', '')} |",
+              f"| trained on truncated to {cfg.max_length} tokens | {counts.get('truncated', 0)} |"]
+    lines += [f"| dropped: {why} | {n} |" for why, n in (counts.get("dropped") or {}).items()]
+    return lines + ["", policy, ""]
+
+
 def model_card(cfg: TrainConfig, card: dict) -> str:
     """README.md of the exported model: what it is, what it was trained on, how."""
     stats = card.get("stats", {})
@@ -194,7 +220,9 @@ def model_card(cfg: TrainConfig, card: dict) -> str:
         f"Commercial use of the training data allowed: {stats.get('commercial_use_ok', 'unknown')} "
         f"(licence policy: {stats.get('licence_policy', 'unknown')}). The weights inherit the base model's "
         "licence and the most restrictive data licence above.",
+        *_heldout_note(stats),
         "",
+        *_examples_section(cfg, card.get("tokenise")),
         "## Hyper-parameters",
         "",
         "| key | value |",

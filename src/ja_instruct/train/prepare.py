@@ -7,6 +7,7 @@ length over the model's limit, empty dataset) must fail here, in seconds, with a
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from ja_instruct.models import load_tokenizer
 from ja_instruct.train.config import TrainConfig
 from ja_instruct.train.distributed import Dist
 from ja_instruct.train.packing import Example
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,6 +34,8 @@ class Prepared:
     examples: list[Example]
     token_stats: dict
     dataset_stats: dict = field(default_factory=dict)
+    token_summary: str = ""
+    """`ja_instruct.data.tokenize.describe_token_stats` of ``token_stats`` (kept / truncated / dropped, why)."""
 
 
 def resolve_grad_accum(cfg: TrainConfig, world_size: int) -> int:
@@ -66,7 +71,7 @@ def prepare(cfg: TrainConfig, model_path: str, dataset_dir: Path, seed: int, d: 
 
     from ja_instruct.data import load_dataset_dir
     from ja_instruct.data.templates import get_template
-    from ja_instruct.data.tokenize import tokenize_dataset
+    from ja_instruct.data.tokenize import describe_token_stats, tokenize_dataset
     from ja_instruct.train.export import read_dataset_stats
 
     grad_accum = resolve_grad_accum(cfg, d.world_size)
@@ -87,11 +92,16 @@ def prepare(cfg: TrainConfig, model_path: str, dataset_dir: Path, seed: int, d: 
         raise UserError(f"the dataset in {dataset_dir} is empty", field="train.dataset_dir",
                         hint="Check the data sources and filters (see stats.md beside the dataset).")
     tok_ds, token_stats = tokenize_dataset(ds, tokenizer, template, cfg.max_length, cfg.overlong)
+    summary = describe_token_stats(token_stats, cfg.max_length, cfg.overlong)
+    if d.is_main:  # every run says what it trains on, truncations and drops included
+        log.info("%s", summary)
     if len(tok_ds) == 0:
-        raise UserError(f"no example of {dataset_dir} is left after tokenisation ({token_stats})",
-                        field="train.max_length", hint="Raise max_length or use overlong: truncate.")
+        raise UserError(f"no example of {dataset_dir} is left after tokenisation ({summary})",
+                        field="train.max_length",
+                        hint="Raise train.max_length, or set train.overlong: truncate to train on cut answers "
+                             "(they end without EOS).")
     examples = [Example(list(i), list(lab)) for i, lab in zip(tok_ds["input_ids"], tok_ds["labels"])]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return Prepared(cfg=cfg, seed=seed, grad_accum=grad_accum, model_path=model_path, tokenizer=tokenizer,
                     pad_id=pad_id, dataset_dir=dataset_dir, examples=examples, token_stats=token_stats,
-                    dataset_stats=read_dataset_stats(dataset_dir))
+                    dataset_stats=read_dataset_stats(dataset_dir), token_summary=summary)

@@ -146,18 +146,23 @@ def _train(cfg: TrainConfig, dataset_dir: Path, out: Path, seed: int, run_name: 
     d.barrier()
 
     # 3. Train (or resume), export, prune the other runs, and write the manifest last.
+    from ja_instruct.data.tokenize import example_counts
     from ja_instruct.train.export import export_final
     from ja_instruct.train.loop import fit
 
     fitted = fit(p, out, run_dir, run, d, on_step=on_step)
     dtype = str(fitted.dtype).replace("torch.", "")
+    # `tokens.kept` counts truncated examples too: `examples` spells the split out with reasons
+    counts = example_counts(p.token_stats, cfg.max_length, cfg.overlong)
     details = {"run": run, "steps": fitted.total_steps, "world_size": d.world_size, "dtype": dtype,
-               "examples": len(p.examples), "tokens": p.token_stats, "base_model": cfg.model,
-               "dataset_dir": str(dataset_dir)}
+               "examples": len(p.examples), "tokens": p.token_stats,
+               "tokenise": {**counts, "overlong": cfg.overlong, "max_length": cfg.max_length,
+                            "summary": p.token_summary},
+               "base_model": cfg.model, "dataset_dir": str(dataset_dir)}
     manifest = make_manifest(STAGE, hashed, inputs, outputs={"final": FINAL}, details=details)
     card = {"name": run_name, "stats": p.dataset_stats, "steps": fitted.total_steps, "grad_accum": p.grad_accum,
             "world_size": d.world_size, "dtype": dtype, "seed": seed, "examples": len(p.examples),
-            "supervised_tokens": p.token_stats.get("supervised_tokens")}
+            "supervised_tokens": p.token_stats.get("supervised_tokens"), "tokenise": counts}
     export_final(fitted.model, cfg, p.model_path, p.tokenizer, cfg.template, out, d, card, manifest.fingerprint)
     if d.is_main:
         removed = ckpt.prune_other_runs(run_dir.parent, keep=run)
