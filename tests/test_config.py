@@ -175,3 +175,17 @@ def test_looks_local(tmp_path, monkeypatch):
         assert looks_local(s), s
     for s in ("kunishou/databricks-dolly-15k-ja", "parquet", "squad", "owner/name.v2"):
         assert not looks_local(s), s
+
+
+def test_heldout_references_need_a_heldout_split_at_load_time(tmp_path):
+    from ja_instruct.recipe import load_recipe
+
+    p = tmp_path / "r.yaml"
+    p.write_text("name: x\n"
+                 "data:\n  sources: [{name: a, path: embedded:instructions_ja.jsonl, format: messages, "
+                 "license: Apache-2.0}]\n"
+                 "generate:\n  reference_nll: {references: heldout}\n"
+                 "  models: [{id: m, path: embedded:smollm2-135m-instruct}]\n")
+    with pytest.raises(UserError, match="data.heldout.fraction is 0"):
+        load_recipe(p)
+    assert load_recipe(p, ["data.heldout.fraction=0.1"]).data.heldout.fraction == 0.1

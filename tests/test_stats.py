@@ -231,3 +231,20 @@ def test_paired_ratio_difference_detects_a_shift_and_not_noise():
     same = tok * (base / tok + rng.normal(0, 0.05, size=40))
     res = stats.paired_ratio_difference(base, tok, same, tok, bootstrap=1000, seed=0)
     assert res["ci95"][0] < 0 < res["ci95"][1]
+
+
+def test_paired_ratio_difference_of_shares_over_questions():
+    """Shares of answer turns, paired by question (2 turns each): one turn in 24 is noise, a shift
+    on most questions is not, and one question alone gives a zero-width interval (the report's
+    MIN_PAIRED guard exists for that)."""
+    turns = [2] * 12
+    base = [1] + [2] * 11                       # 23 of 24 turns
+    res = stats.paired_ratio_difference(base, turns, [2] * 12, turns, bootstrap=2000, seed=0)
+    assert res["difference"] == pytest.approx(1 / 24) and (res["lower"], res["higher"]) == (0, 1)
+    assert res["ci95"][0] < 0 < res["ci95"][1]
+    worse = [0] * 9 + [2] * 3                   # 6 of 24 turns -> 21 of 24
+    better = [2] * 9 + [1, 1, 1]
+    res = stats.paired_ratio_difference(worse, turns, better, turns, bootstrap=2000, seed=0)
+    assert res["difference"] == pytest.approx(21 / 24 - 6 / 24) and res["ci95"][0] > 0
+    one = stats.paired_ratio_difference([0], [2], [2], [2], bootstrap=500, seed=0)
+    assert one["ci95"][0] == one["ci95"][1] == one["difference"] == 1.0

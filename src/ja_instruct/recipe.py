@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import model_validator
+
 from ja_instruct.config import StrictModel, load_config
 from ja_instruct.data.config import DataConfig
 from ja_instruct.generate.config import GenerateConfig
@@ -45,6 +47,17 @@ class Recipe(StrictModel):
     """LLM-as-a-judge grading of the answers (`ja-instruct judge`)."""
     report: ReportConfig | None = None
     """HTML/Markdown/CSV report (`ja-instruct report`)."""
+
+    @model_validator(mode="after")
+    def _heldout_exists(self) -> "Recipe":
+        # Caught when the recipe is read, not when generate starts after hours of training.
+        nll = self.generate.reference_nll if self.generate is not None else None
+        if (nll is not None and nll.references == "heldout" and self.data is not None
+                and self.data.heldout.fraction == 0 and (self.train is None or self.train.dataset_dir is None)):
+            raise ValueError("generate.reference_nll.references is 'heldout', but data.heldout.fraction is 0, so the "
+                             "data stage holds nothing out: set data.heldout.fraction (e.g. 0.02), or point "
+                             "references at a reference file")
+        return self
 
     @property
     def root(self) -> Path:

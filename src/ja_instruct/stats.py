@@ -306,11 +306,15 @@ def paired_ratio_difference(base_num, base_den, new_num, new_den, bootstrap: int
     Cluster ``i`` (a held-out conversation, a question) adds ``base_num[i] / base_den[i]`` to the
     base side and ``new_num[i] / new_den[i]`` to the new one; each side's estimate is
     ``sum(num) / sum(den)``: with summed NLLs over token counts, the token-weighted mean NLL per
-    token; with summed scores over judgment counts, the mean score. A resample draws clusters
+    token; with summed scores over judgment counts, the mean score; with matching answer turns over
+    answer turns per question, a share of turns. A resample draws clusters
     with replacement (`cluster_weights`) and recomputes BOTH ratios from the same draw, so the
     pairing is kept. Percentile intervals, never narrower than the delta-method normal interval
     (influence of cluster i on a ratio ``R``: ``(num_i - R den_i) / mean(den)``; standard error =
     std of the paired influence differences / sqrt(n)), like every interval of this module.
+
+    With one cluster every resample is the data itself and the interval has zero width: it says
+    nothing, so a verdict read from it needs a minimum number of clusters (the report's ``MIN_PAIRED``).
 
     Returns ``{"n", "base", "new", "difference", "lower", "higher", "ci95": [lo, hi] | None, ...}``
     (``lower``/``higher``: clusters whose own new ratio is below/above their base ratio, among those

@@ -4,6 +4,7 @@ manifest, stats.json, stats.md and the terminal table."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -144,3 +145,101 @@ def test_heldout_config_limits(source, files):
     for bad in ({"fraction": 0.6}, {"fraction": -0.1}, {"fraction": 0.1, "max_examples": 0}, {"frac": 0.1}):
         with pytest.raises(ValidationError):
             DataConfig(sources=[source("a", files["a"], "alpaca")], heldout=bad)
+
+
+# --------------------------------------------------------------------------- split groups
+
+def _jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def _oasst_trees(path: Path, trees: int) -> Path:
+    """Per tree: a root prompt, one shared answer, then 3 branches (follow-up + answer): with
+    ``thread_mode: all`` three threads per tree sharing the prompt and the first answer."""
+    rows = []
+    for t in range(trees):
+        rows += [{"message_id": f"r{t}", "parent_id": None, "role": "prompter", "text": f"木{t}の質問です。"},
+                 {"message_id": f"s{t}", "parent_id": f"r{t}", "role": "assistant",
+                  "text": f"木{t}の共通の答え。"}]
+        for b in range(3):
+            rows += [{"message_id": f"p{t}_{b}", "parent_id": f"s{t}", "role": "prompter",
+                      "text": f"木{t}の続き{b}は？"},
+                     {"message_id": f"a{t}_{b}", "parent_id": f"p{t}_{b}", "role": "assistant",
+                      "text": f"木{t}の枝{b}の答え。"}]
+    return _jsonl(path, rows)
+
+
+def _fastchat(tmp_path: Path, questions: int) -> tuple[Path, Path]:
+    """``questions`` questions, each answered by two models (different answer texts)."""
+    qs = _jsonl(tmp_path / "q.jsonl", [{"question_id": q, "category": "c", "turns": [f"問題{q}を解いて。"]}
+                                       for q in range(questions)])
+    folder = tmp_path / "answers"
+    folder.mkdir()
+    for model in ("m1", "m2"):
+        _jsonl(folder / f"{model}.jsonl", [{"question_id": q, "model_id": model,
+                                            "choices": [{"turns": [f"{model}による問題{q}の答え。"]}]}
+                                           for q in range(questions)])
+    return qs, folder
+
+
+def _group_of(example_id: str) -> str:
+    """The tree of an oasst thread id (``o:a<tree>_<branch>``), the question of a fastchat one (``f:<model>:<q>``)."""
+    source, rest = example_id.split(":", 1)
+    return f"o:{rest.split('_')[0]}" if source == "o" else f"f:{rest.split(':')[1]}"
+
+
+def _texts(ds, roles=None) -> set[str]:
+    return {m["content"] for conv in ds["messages"] for m in conv if roles is None or m["role"] in roles}
+
+
+@pytest.fixture
+def grouped(tmp_path, source):
+    """A data config with an oasst (thread_mode all) and a two-model fastchat-answers source."""
+    trees = _oasst_trees(tmp_path / "oasst.jsonl", 40)
+    qs, answers = _fastchat(tmp_path, 40)
+
+    def cfg(fraction=0.2, max_examples=None) -> DataConfig:
+        return DataConfig(sources=[source("o", trees, "oasst", thread_mode="all"),
+                                   source("f", qs, "fastchat-answers", answers=[str(answers)])],
+                          heldout={"fraction": fraction, "max_examples": max_examples})
+    return cfg
+
+
+def test_shared_turns_never_cross_the_split(tmp_path, grouped):
+    """Sibling oasst threads and two models' answers to one question go to one side, whole: no
+    held-out assistant answer (nor prompt) appears in any training example."""
+    stats = build_dataset(grouped(), tmp_path / "d", seed=0)
+    held, train = load_heldout(tmp_path / "d"), load_dataset_dir(tmp_path / "d")
+    assert stats["sources"]["o"]["kept"] == 120 and stats["sources"]["f"]["kept"] == 80
+    for name in ("o", "f"):
+        assert 0 < stats["sources"][name]["heldout"] < stats["sources"][name]["kept"]
+    assert not _texts(held, {"assistant"}) & _texts(train, {"assistant"})
+    assert not _texts(held) & _texts(train)  # the shared prompts / questions too
+    # whole groups, chosen by the hash of (seed, source, group)
+    held_ids = set(held["id"])
+    trees = {t for t in range(40) if heldout_key(0, "o", f"o:r{t}") < 0.2}
+    assert {i for i in held_ids if i.startswith("o:")} == {f"o:a{t}_{b}" for t in trees for b in range(3)}
+    questions = {q for q in range(40) if heldout_key(0, "f", f"f:{q}") < 0.2}
+    assert {i for i in held_ids if i.startswith("f:")} == {f"f:{m}:{q}" for q in questions for m in ("m1", "m2")}
+    assert len(held) + len(train) == 200
+
+
+def test_max_examples_takes_whole_groups_in_key_order(tmp_path, grouped):
+    build_dataset(grouped(fraction=0.5), tmp_path / "full", seed=4)
+    stats = build_dataset(grouped(fraction=0.5, max_examples=7), tmp_path / "cap", seed=4)
+    full, capped = load_heldout(tmp_path / "full"), load_heldout(tmp_path / "cap")
+    train = load_dataset_dir(tmp_path / "cap")
+    # groups of 3 (oasst: one tree) and 2 (fastchat: one question), consecutive in the uncapped
+    # split; the cap takes whole groups in that order, stopping before the first that would exceed it
+    # (with seed 4 that stops at 5 where skipping on to a smaller group would have reached 7)
+    sizes = [len(list(g)) for _, g in itertools.groupby(full["id"], key=_group_of)]
+    assert set(sizes) == {2, 3}  # every group whole and contiguous, both kinds present
+    n = 0
+    for size in sizes:
+        if n + size > 7:
+            break
+        n += size
+    assert list(capped["id"]) == list(full["id"])[:n] and 0 < n <= 7
+    assert stats["heldout"]["total"] == n and len(train) == 200 - n
+    assert not _texts(capped) & _texts(train)

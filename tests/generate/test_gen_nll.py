@@ -13,7 +13,7 @@ from ja_instruct.errors import UserError
 from ja_instruct.generate import backends
 from ja_instruct.generate.backends import FakeBackend, HFBackend
 from ja_instruct.generate.config import ReferenceNLLConfig
-from ja_instruct.generate.nll import DEFINITION, conversation_nll, load_references, summarize_nll
+from ja_instruct.generate.nll import conversation_nll, load_references, summarize_nll, unique_ids
 from ja_instruct.generate.run import run_generation
 from ja_instruct.io import read_json, read_jsonl_store
 from ja_instruct.recipe import load_recipe
@@ -179,8 +179,11 @@ def test_stage_writes_file_then_is_up_to_date_then_recomputes_what_changed(stage
     caplog.set_level(logging.INFO)
     out = run_generation(recipe())
     doc = read_json(out / "reference_nll.json")
-    assert set(doc) == {"version", "references", "definition", "models"} and doc["definition"] == DEFINITION
+    assert set(doc) == {"version", "references", "definition", "models"}
     assert doc["references"]["conversations"] == 3 and doc["references"]["source"] == str(refs)
+    # a user's reference file is named as such, never called held-out
+    assert doc["references"]["heldout"] is False
+    assert f"reference answers of {refs}" in doc["definition"] and "held-out" not in doc["definition"]
     tiny = doc["models"]["tiny"]
     assert set(tiny) == {"fingerprint", "mean_nll", "perplexity", "tokens", "conversations", "skipped",
                          "per_conversation"}
@@ -200,6 +203,17 @@ def test_stage_writes_file_then_is_up_to_date_then_recomputes_what_changed(stage
     caplog.clear()
     run_generation(recipe())
     assert "generate: up to date" in caplog.text and len(loads) == 1
+
+    # A file whose references block is stale (written before it had "heldout") is rewritten, scoring nothing.
+    stale = read_json(out / "reference_nll.json")
+    del stale["references"]["heldout"]
+    (out / "reference_nll.json").write_text(json.dumps(stale), encoding="utf-8")
+    caplog.clear()
+    run_generation(recipe())
+    assert "generate: up to date" not in caplog.text and len(loads) == 1
+    assert read_json(out / "reference_nll.json") == doc
+    run_generation(recipe())
+    assert "generate: up to date" in caplog.text
 
     # New references: only the NLL is redone (the model loaded for it alone), with the reason.
     answers = read_jsonl_store(out / "tiny.jsonl")
@@ -236,3 +250,73 @@ def test_heldout_references(stage, tmp_path):
         datasets.Dataset.from_list(rows).save_to_disk(str(data / name))
     refs = load_references(ReferenceNLLConfig(references="heldout"), recipe(nll="{references: heldout}"))
     assert refs.ids == ["h0", "h1"] and refs.conversations[0] == CONVS[0]
+
+
+def _build(out, tmp_path, fraction: float, n: int = 12, tag: str = "甲"):
+    """A data build at ``out`` from ``n`` alpaca rows (held-out split when ``fraction`` > 0)."""
+    from ja_instruct.data import build_dataset
+    from ja_instruct.data.config import DataConfig
+
+    rows = write_jsonl(tmp_path / f"{out.name}.jsonl", [{"index": i, "instruction": f"{tag}の質問{i}",
+                                                         "output": f"{tag}の答え{i}です。"} for i in range(n)])
+    cfg = DataConfig(sources=[{"name": "s", "path": str(rows), "format": "alpaca", "license": "Apache-2.0"}],
+                     heldout={"fraction": fraction})
+    build_dataset(cfg, out, seed=0, echo=lambda _: None)
+    return out
+
+
+def test_a_data_build_folder_means_its_heldout_split(tmp_path):
+    from ja_instruct.data import load_dataset_dir, load_heldout
+
+    build = _build(tmp_path / "built", tmp_path, fraction=0.5)
+    refs = load_references(ReferenceNLLConfig(references=str(build)), recipe=None)
+    held, train = load_heldout(build), load_dataset_dir(build)
+    assert refs.ids == list(held["id"]) and not set(refs.ids) & set(train["id"])  # never the training split
+    assert refs.heldout is True and refs.source == f"held-out split of {build}"
+    # its heldout/ folder is the same split, labelled the same way
+    again = load_references(ReferenceNLLConfig(references=str(build / "heldout")), recipe=None)
+    assert (again.ids, again.heldout, again.source) == (refs.ids, True, refs.source)
+
+    bare = _build(tmp_path / "bare", tmp_path, fraction=0.0)
+    with pytest.raises(UserError, match="no held-out split") as e:
+        load_references(ReferenceNLLConfig(references=str(bare)), recipe=None)
+    assert e.value.field == "generate.reference_nll.references" and "data.heldout.fraction" in e.value.hint
+
+
+def test_heldout_reads_the_dataset_training_uses(tmp_path):
+    """`references: heldout` is the split of the folder training reads: train.dataset_dir when set."""
+    _build(tmp_path / "run" / "data", tmp_path, fraction=0.5, tag="甲")
+    other = _build(tmp_path / "other", tmp_path, fraction=0.5, tag="乙")
+
+    def recipe(train: str):
+        path = tmp_path / "r.yaml"
+        path.write_text(f"name: t\nout_dir: {tmp_path / 'run'}\n{train}generate:\n"
+                        "  reference_nll: {references: heldout}\n  models: [{id: fk, backend: fake}]\n",
+                        encoding="utf-8")
+        return load_recipe(path)
+
+    def answers(r) -> set[str]:
+        refs = load_references(ReferenceNLLConfig(references="heldout"), r)
+        assert refs.heldout is True
+        return {c[-1]["content"][0] for c in refs.conversations}
+
+    assert answers(recipe("")) == {"甲"}  # no train section: the data stage's folder
+    assert answers(recipe("train: {model: m}\n")) == {"甲"}
+    assert answers(recipe(f"train: {{model: m, dataset_dir: {other}}}\n")) == {"乙"}
+    r = recipe(f"train: {{model: m, dataset_dir: {other / 'dataset'}}}\n")  # its dataset/ subfolder
+    assert answers(r) == {"乙"}
+    source = load_references(ReferenceNLLConfig(references="heldout"), r).source
+    assert source == f"held-out split of {other}"
+    bare = _build(tmp_path / "bare", tmp_path, fraction=0.0)
+    with pytest.raises(UserError, match=str(bare)) as e:
+        load_references(ReferenceNLLConfig(references="heldout"), recipe(f"train: {{model: m, dataset_dir: {bare}}}\n"))
+    assert "data.heldout.fraction" in e.value.hint
+
+
+def test_duplicate_ids_get_unused_suffixes(tmp_path):
+    assert unique_ids(["a", "a", "a#2"]) == ["a", "a#3", "a#2"]
+    assert unique_ids(["a", "a", "a", "b"]) == ["a", "a#2", "a#3", "b"]
+    assert unique_ids([None, "1", None]) == ["1#2", "1", "3"]  # a position never takes a given id
+    refs = write_jsonl(tmp_path / "dup.jsonl", [{"id": i, "messages": CONVS[0]} for i in ("a", "a", "a#2", "a")])
+    ids = load_references(ReferenceNLLConfig(references=str(refs)), recipe=None).ids
+    assert len(set(ids)) == 4 and ids[0] == "a" and ids[2] == "a#2"

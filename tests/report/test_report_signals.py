@@ -1,6 +1,6 @@
-"""The report leads with what is meaningful: judge-free signals (held-out reference NLL, answer
-health), base/tuned roles, verdicts in summary.md and summary.json (the same numbers), and the
-table order in demo vs real-judge mode."""
+"""The report leads with what is meaningful: judge-free signals (reference NLL, answer health),
+base/tuned roles, verdicts in summary.md and summary.json (the same numbers), the table order in
+demo vs real-judge mode, and verdicts that neither reward empty answers nor read noise as an effect."""
 
 from __future__ import annotations
 
@@ -17,22 +17,24 @@ from markupsafe import escape
 from ja_instruct.errors import UserError
 from ja_instruct.report import build_report, update_report
 from ja_instruct.report.config import ReportConfig
+from ja_instruct.report.signals import MIN_PAIRED
 from report_helpers import write_judge_dir
 
 BASE_PATH = "embedded:tiny-base"
-QUESTIONS = 4
+QUESTIONS = 12
+TURNS = 2 * QUESTIONS
 
 
-def _health(truncated: bool, loop: bool, ja: float) -> dict:
-    return {"ja_ratio": ja, "repeat_ratio": 0.9 if loop else 0.05, "loop": loop, "truncated": truncated,
-            "empty": False, "n_tokens": 12}
+def _health(truncated: bool, loop: bool, ja: float, empty: bool = False) -> dict:
+    return {"ja_ratio": 0.0 if empty else ja, "repeat_ratio": 0.9 if loop else 0.05, "loop": loop,
+            "truncated": truncated, "empty": empty, "n_tokens": 0 if empty else 12}
 
 
-# per model: one health record per turn (2 turns x QUESTIONS questions = 8 turns)
+# per model: one health record per turn (2 turns x QUESTIONS questions = 24 turns), turn i of question i // 2
 HEALTH = {
-    "base": [_health(truncated=i < 6, loop=i < 4, ja=0.9 if i < 5 else 0.1) for i in range(8)],  # EOS 2/8
-    "sft": [_health(truncated=i < 1, loop=False, ja=0.9 if i < 5 else 0.1) for i in range(8)],   # EOS 7/8
-    "other": [_health(truncated=True, loop=True, ja=0.0) for _ in range(8)],
+    "base": [_health(truncated=i < 18, loop=i < 12, ja=0.9 if i < 15 else 0.1) for i in range(TURNS)],  # EOS 6/24
+    "sft": [_health(truncated=i < 3, loop=False, ja=0.9 if i < 15 else 0.1) for i in range(TURNS)],    # EOS 21/24
+    "other": [_health(truncated=True, loop=True, ja=0.0) for _ in range(TURNS)],
 }
 
 
@@ -48,25 +50,33 @@ NLL_BASE = [2.0, 2.2, 1.9, 2.4, 2.1, 2.0]
 NLL_BETTER = [n - d for n, d in zip(NLL_BASE, (0.3, 0.5, 0.4, 0.35, 0.45, 0.4))]
 
 
-def write_nll(answers: Path, models: dict[str, dict]) -> Path:
+_UNSET = object()
+
+
+def write_nll(answers: Path, models: dict[str, dict], heldout=True, source: str = "held-out split of runs/x/data") \
+        -> Path:
+    """reference_nll.json; ``heldout`` as the generate stage writes it (`_UNSET`: an older file without it)."""
+    refs = {"source": source, "fingerprint": "r", "conversations": 6}
+    if heldout is not _UNSET:
+        refs["heldout"] = heldout
     path = answers / "reference_nll.json"
-    path.write_text(json.dumps({
-        "version": 1, "references": {"source": "embedded:heldout_ja.jsonl", "fingerprint": "r", "conversations": 6},
-        "definition": "mean NLL per assistant token of held-out reference answers", "models": models}),
-        encoding="utf-8")
+    path.write_text(json.dumps({"version": 1, "references": refs, "definition": "mean NLL per assistant token",
+                                "models": models}), encoding="utf-8")
     return path
 
 
 def write_tuning_run(root: Path, backend: str = "fake", nll: dict | None = None, bias: dict | None = None,
-                     train_model: str = BASE_PATH) -> dict:
-    """answers (base, sft = `trained`, other) with health records, the generate and train configs,
-    an optional reference_nll.json and a judge folder of fake scores."""
+                     train_model: str = BASE_PATH, health: dict | None = None, n_questions: int = QUESTIONS) -> dict:
+    """answers (base, sft = `trained`, other) to ``n_questions`` two-turn questions, with health records
+    (``health``: per model, one per turn; default `HEALTH`), the generate and train configs, an optional
+    reference_nll.json and a judge folder of fake scores."""
+    health = {**HEALTH, **(health or {})}
     answers, train = root / "answers", root / "train"
     answers.mkdir(parents=True)
     train.mkdir()
     (train / "config.yaml").write_text(yaml.safe_dump({"model": train_model}), encoding="utf-8")
     questions = root / "questions.jsonl"
-    qs = [{"question_id": f"q{i}", "category": "地理", "turns": [f"質問{i}", "続けて"]} for i in range(QUESTIONS)]
+    qs = [{"question_id": f"q{i}", "category": "地理", "turns": [f"質問{i}", "続けて"]} for i in range(n_questions)]
     questions.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in qs), encoding="utf-8")
     paths = {"base": BASE_PATH, "sft": "trained", "other": "org/other-model"}
     (answers / "config.yaml").write_text(yaml.safe_dump({
@@ -77,7 +87,7 @@ def write_tuning_run(root: Path, backend: str = "fake", nll: dict | None = None,
                 f.write(json.dumps({"question_id": q["question_id"], "model_id": m,
                                     "choices": [{"index": 0, "turns": ["東京です。" * 5, "関東にあります。" * 5]}],
                                     "generation": {"temperature": 0.0},
-                                    "health": HEALTH[m][2 * i:2 * i + 2]}, ensure_ascii=False) + "\n")
+                                    "health": health[m][2 * i:2 * i + 2]}, ensure_ascii=False) + "\n")
     if nll is not None:
         write_nll(answers, nll)
     judge = write_judge_dir(root / "judge", answers, questions, list(paths), backend=backend,
@@ -110,11 +120,13 @@ def test_demo_mode_leads_with_signals_and_verdicts(tmp_path):
     assert [r["signal"] for r in summary["verdicts"]] == ["reference_nll", "eos", "japanese", "loop", "judge"]
     assert v["reference_nll"]["verdict"] == "helped" and v["reference_nll"]["evidence"]["lower"] == 6
     assert v["reference_nll"]["evidence"]["ci"][1] < 0
-    assert v["eos"]["verdict"] == "helped"
-    assert (v["eos"]["evidence"]["base_count"], v["eos"]["evidence"]["tuned_count"]) == (2, 7)
-    assert v["loop"]["verdict"] == "helped" and v["japanese"]["verdict"] == "no clear difference"
+    assert v["eos"]["verdict"] == "helped" and v["eos"]["evidence"]["ci"][0] > 0
+    assert (v["eos"]["evidence"]["base_count"], v["eos"]["evidence"]["tuned_count"]) == (6, 21)
+    assert v["loop"]["verdict"] == "helped" and v["loop"]["evidence"]["ci"][1] < 0
+    assert v["japanese"]["verdict"] == "no clear difference"
     assert v["judge"]["verdict"] == "helped" and "demo judge, not a real evaluation" in v["judge"]["sentence"]
-    assert v["eos"]["sentence"].startswith("Ended by EOS: tuning helped: 25% -> 88% of answers")
+    assert v["eos"]["sentence"].startswith("Ended by EOS: tuning helped: 6 of 24 (25%) -> 21 of 24 (88%) answers "
+                                           "on 12 questions, difference CI [+")
     # summary.md: the sentences right under the title, in the same order, then the signals table
     lines = md.splitlines()
     assert lines[0].startswith("# ") and lines[1] == ""
@@ -147,6 +159,7 @@ def test_unclear_nll_and_judge(tmp_path):
     assert lo < 0 < hi and "includes 0" in v["reference_nll"]["sentence"]
     assert v["reference_nll"]["evidence"]["lower"] == 3
     assert "Held-out NLL: no clear difference:" in md
+    assert v["reference_nll"]["evidence"]["ci"] and not v["reference_nll"]["evidence"].get("too_few")
 
 
 def test_judge_comparison_pairs_questions():
@@ -183,8 +196,9 @@ def test_summary_md_and_json_carry_the_same_numbers(tmp_path):
     assert nll[2:4] == [ev["lower"], ev["shared"]] and nll[4:6] == [round(x, 2) for x in ev["ci"]]
     for sig, label in (("eos", "Ended by EOS"), ("japanese", "In Japanese"), ("loop", "Looping")):
         got, e = _numbers(bullets[label]), v[sig]["evidence"]
-        assert got[:2] == [round(100 * v[sig]["base_value"]), round(100 * v[sig]["tuned_value"])]
-        assert got[2:6] == [e["base_count"], e["base_total"], e["tuned_count"], e["tuned_total"]]
+        assert got[:9] == [e["base_count"], e["base_total"], round(100 * v[sig]["base_value"]),
+                           e["tuned_count"], e["tuned_total"], round(100 * v[sig]["tuned_value"]),
+                           e["shared"], round(e["ci"][0], 2), round(e["ci"][1], 2)]
         assert v[sig]["verdict"] in bullets[label]
     judge = _numbers(bullets["Judge score"])
     assert judge[:2] == [round(summary["models"]["base"]["judge"]["mean"], 2),
@@ -196,10 +210,11 @@ def test_summary_md_and_json_carry_the_same_numbers(tmp_path):
         assert f"{blk['reference_nll']['mean_nll']:.3f}" in table
         c = blk["health"]["counts"]
         assert f"{round(100 * blk['health']['eos_share'])}% ({c['eos']} of {c['turns']} turns)" in table
+        assert f"{round(100 * blk['health']['empty_share'])}% ({c['empty']} of {c['turns']} turns)" in table
     # and the token-weighted NLL is the file's
     assert summary["models"]["sft"]["reference_nll"]["mean_nll"] == pytest.approx(
         sum(n * t for n, t in zip(NLL_BETTER, TOKENS)) / sum(TOKENS))
-    assert set(summary["definitions"]) == {"reference_nll", "eos", "japanese", "loop", "judge"}
+    assert set(summary["definitions"]) == {"reference_nll", "eos", "japanese", "loop", "empty", "judge"}
 
 
 def test_missing_or_partial_nll_is_na_and_malformed_is_an_error(tmp_path):
@@ -207,8 +222,8 @@ def test_missing_or_partial_nll_is_na_and_malformed_is_an_error(tmp_path):
     html, md, summary = _report(run, tmp_path / "r1")
     assert summary["models"]["sft"]["reference_nll"] is None
     assert "reference_nll" not in _verdicts(summary) and "eos" in _verdicts(summary)
-    assert any(n.startswith("Held-out NLL: n/a") for n in summary["notes"])
-    assert "no reference_nll.json beside the answers" in html and "Held-out NLL: n/a" in md
+    assert any(n.startswith("Reference NLL: n/a") for n in summary["notes"])  # nothing says held out
+    assert "no reference_nll.json beside the answers" in html and "Reference NLL: n/a" in md
 
     # one model measured, one unavailable, one absent
     write_nll(run["answers"], {"base": _conv(NLL_BASE, TOKENS), "sft": {"fingerprint": "x", "unavailable": "OOM"}})
@@ -262,3 +277,99 @@ def test_changed_nll_file_rebuilds_the_report(tmp_path, caplog):
     caplog.clear()
     update_report([run["judge"]], out, cfg)
     assert "output summary.json missing" in caplog.text and (out / "summary.json").is_file()
+
+
+# --------------------------------------------------------------------------- what the verdicts must not do
+
+def test_health_counts_empty_turns_against_eos_and_japanese():
+    from ja_instruct.report.signals import health_signals, question_health
+
+    answers = {"q1": {"health": [_health(False, False, 0.9), _health(False, False, 0.9, empty=True)]},
+               "q2": {"health": [_health(True, False, 0.9), _health(False, False, 0.1)]},
+               "q3": {"health": []}}  # no records: not a question this model answered
+    per_q = question_health(answers, 0.5, 0.5)
+    assert set(per_q) == {"q1", "q2"}
+    assert (per_q["q1"]["turns"], per_q["q1"]["eos"], per_q["q1"]["japanese"], per_q["q1"]["empty"]) == (2, 1, 1, 1)
+    h = health_signals(answers, 0.5, 0.5)
+    # EOS: only q1's first turn (the empty one did not end an answer, q2's first was cut off, its second counts)
+    assert h["counts"]["eos"] == 2 and h["eos_share"] == 2 / 4
+    # Japanese over ALL turns: the empty turn is in the denominator and not in the numerator
+    assert h["counts"]["japanese"] == 2 and h["japanese_share"] == 2 / 4
+    assert h["empty_share"] == 1 / 4 and h["truncated_share"] == 1 / 4
+
+
+def test_empty_answers_are_not_rewarded(tmp_path):
+    good = [_health(truncated=False, loop=False, ja=0.9) for _ in range(TURNS)]
+    empty = [_health(truncated=False, loop=False, ja=0.9, empty=True) for _ in range(TURNS)]
+    run = write_tuning_run(tmp_path / "run", health={"base": good, "sft": empty})
+    _, md, summary = _report(run, tmp_path / "report")
+    h = summary["models"]["sft"]["health"]
+    assert (h["eos_share"], h["japanese_share"], h["empty_share"]) == (0.0, 0.0, 1.0)
+    assert h["counts"]["empty"] == TURNS
+    v = _verdicts(summary)
+    assert v["eos"]["verdict"] == "hurt" and v["japanese"]["verdict"] == "hurt"
+    assert v["eos"]["sentence"].startswith(f"Ended by EOS: tuning hurt: {TURNS} of {TURNS} (100%) -> 0 of {TURNS} (0%)")
+    assert "empty" not in {r["signal"] for r in summary["verdicts"]}  # shown, not judged twice
+    assert f"| Empty answers | 0% (0 of {TURNS} turns) | 100% ({TURNS} of {TURNS} turns) |" in md
+
+
+def test_one_answer_difference_is_no_clear_difference(tmp_path):
+    base = [_health(truncated=i == 0, loop=False, ja=0.9) for i in range(TURNS)]  # one cut-off answer in 24
+    sft = [_health(truncated=False, loop=False, ja=0.9) for _ in range(TURNS)]
+    run = write_tuning_run(tmp_path / "run", health={"base": base, "sft": sft})
+    _, _, summary = _report(run, tmp_path / "report")
+    v = _verdicts(summary)["eos"]
+    assert v["tuned_value"] > v["base_value"]  # the plain comparison would say "helped"
+    assert v["verdict"] == "no clear difference"
+    lo, hi = v["evidence"]["ci"]
+    assert lo < 0 < hi and v["evidence"]["shared"] == QUESTIONS
+    assert v["sentence"].startswith(f"Ended by EOS: no clear difference: {TURNS - 1} of {TURNS} (96%) -> "
+                                    f"{TURNS} of {TURNS} (100%) answers")
+
+
+def test_too_few_paired_units_give_no_verdict(tmp_path):
+    one = {"base": [_health(truncated=True, loop=True, ja=0.0)] * 2,
+           "sft": [_health(truncated=False, loop=False, ja=0.9)] * 2}
+    run = write_tuning_run(tmp_path / "run", health=one, n_questions=1, bias={"sft": 5.0},
+                           nll={"base": _conv([2.5], [40]), "sft": _conv([1.0], [40])})
+    _, md, summary = _report(run, tmp_path / "report")
+    v = _verdicts(summary)
+    assert set(v) == {"reference_nll", "eos", "japanese", "loop", "judge"}
+    for sig, r in v.items():
+        assert r["verdict"] == "no clear difference", sig
+        assert r["evidence"]["too_few"] is True and r["evidence"]["ci"] is None and r["evidence"]["shared"] == 1
+        assert "too few (1) to tell" in r["sentence"] and r["sentence"] in md
+    assert v["eos"]["tuned_value"] == 1.0 and v["eos"]["base_value"] == 0.0  # the values are still shown
+
+    # the threshold: one unit short of MIN_PAIRED is too few, MIN_PAIRED clearly better references is "helped"
+    n = MIN_PAIRED
+    nll = [2.0 + 0.1 * (i % 3) for i in range(n)]
+    tok = [30 + 10 * (i % 4) for i in range(n)]
+    better = [x - 0.4 - 0.05 * (i % 2) for i, x in enumerate(nll)]
+    for k, expected in ((n - 1, "no clear difference"), (n, "helped")):
+        write_nll(run["answers"], {"base": _conv(nll[:k], tok[:k]), "sft": _conv(better[:k], tok[:k])})
+        _, _, summary = _report(run, tmp_path / f"r{k}")
+        r = _verdicts(summary)["reference_nll"]
+        assert r["verdict"] == expected and r["evidence"]["shared"] == k
+        assert ("too few" in r["sentence"]) == (k < MIN_PAIRED)
+
+
+@pytest.mark.parametrize("heldout,label", [(True, "Held-out NLL"), (False, "Reference NLL (refs/qa.jsonl)"),
+                                           (_UNSET, "Reference NLL")])
+def test_nll_is_called_held_out_only_for_the_held_out_split(tmp_path, heldout, label):
+    run = write_tuning_run(tmp_path / "run")
+    write_nll(run["answers"], {"base": _conv(NLL_BASE, TOKENS), "sft": _conv(NLL_BETTER, TOKENS)},
+              heldout=heldout, source="held-out split of runs/x/data" if heldout is True else "refs/qa.jsonl")
+    html, md, summary = _report(run, tmp_path / "report")
+    assert summary["labels"]["reference_nll"] == label
+    rec = _verdicts(summary)["reference_nll"]
+    assert rec["label"] == label and rec["sentence"].startswith(f"{label}: tuning helped")
+    assert f"| {label} |" in md and f"<strong>{escape(label)}</strong>" in html
+    meaning = summary["definitions"]["reference_nll"]
+    assert ("held-out" in meaning) == (heldout is True)
+    if heldout is True:
+        assert "Held-out references: held-out split of runs/x/data" in md
+    else:
+        assert "Held-out" not in md and "Held-out" not in html
+        assert ("refs/qa.jsonl" in meaning) == (heldout is False)
+        assert ("not recorded" in meaning) == (heldout is _UNSET)

@@ -16,7 +16,9 @@ killed build leaves nothing behind and a folder with a manifest is complete.
 
 The held-out split is taken from the cleaned examples before the weights are applied
 (`ja_instruct.data.mix.select_heldout`), so no held-out example reaches training, not
-even as a weight repeat; ``stats.json`` ``total`` counts the training set only.
+even as a weight repeat; whole split groups (an ``oasst`` tree, a ``fastchat-answers``
+question) go to one side, so no held-out turn is trained on inside a sibling example either.
+``stats.json`` ``total`` counts the training set only.
 
 The manifest's inputs are, per active source, the content hash of its local files
 (hashing 124 MB, ~150k examples, takes 0.1 s against 1 s just to parse them) or the
@@ -39,7 +41,7 @@ from ja_instruct.config import resolve_path, save_config
 from ja_instruct.data.clean import Cleaner
 from ja_instruct.data.config import DataConfig, SourceConfig
 from ja_instruct.data.hub import FULL_SHA, HubCommit, is_builder, is_hub_source, pin_warning, resolve_commit
-from ja_instruct.data.mix import apply_weight, check_licence_policy, select_heldout, shuffle
+from ja_instruct.data.mix import apply_weight, check_licence_policy, select_heldout, shuffle, split_group
 from ja_instruct.data.records import SourceStats, builder_files, check_paths, expand_answers, is_local
 from ja_instruct.data.sources import read_source
 from ja_instruct.errors import UserError
@@ -48,7 +50,9 @@ from ja_instruct.manifest import (Manifest, file_fingerprint, input_changes, mak
                                   write_manifest)
 
 # 2: the held-out split (``heldout/``, stats "heldout" keys); the training set changed meaning.
-FORMAT_VERSION = 2
+# 3: the split is made per group (oasst tree, fastchat question), not per example: a version-2
+#    build of those formats leaked held-out turns into training, so it must not look up to date.
+FORMAT_VERSION = 3
 HELDOUT = "heldout"
 
 
@@ -231,15 +235,16 @@ def build_dataset(cfg: DataConfig, out_dir: str | Path, *, seed: int = 0, on_err
             if err.field in ("path", "answers"):  # name the recipe key, not just the source's
                 err.field = f"data.sources[{cfg.sources.index(src)}].{err.field}"
             raise
-        cleaned.append((src, cleaner.clean(parsed, st)))
+        cleaned.append((src, _with_groups(cleaner.clean(parsed, st), parsed)))
 
     # Held out before the weights: a held-out example must not reach training as a repeat.
     held = select_heldout([(src.name, exs) for src, exs in cleaned], cfg.heldout, seed)
-    held_ids = {(name, ex["id"]) for name, ex in held}
+    held_groups = {(name, split_group(ex)) for name, ex in held}
     heldout_counts = Counter(name for name, _ in held)
     rows: list[dict] = []
     for src, examples in cleaned:
-        training = [ex for ex in examples if (src.name, ex["id"]) not in held_ids] if held_ids else examples
+        training = ([ex for ex in examples if (src.name, split_group(ex)) not in held_groups] if held_groups
+                    else examples)
         sampled = apply_weight(training, src, seed) if training else []
         per_source[src.name].sampled = len(sampled)
         rows.extend(_row(src, ex) for ex in sampled)
@@ -264,6 +269,17 @@ def build_dataset(cfg: DataConfig, out_dir: str | Path, *, seed: int = 0, on_err
     echo(f"data: wrote {len(rows)} examples to {out}"
          + (f" (+ {len(heldout_rows)} held out in {out / HELDOUT})" if heldout_rows else ""))
     return stats
+
+
+def _with_groups(kept: list[dict], parsed: list[dict]) -> list[dict]:
+    """``kept`` (the cleaner's output, which carries ids and messages only) with each example's
+    split ``group`` from ``parsed``. Looking it up by id is safe: examples that share an id share
+    their group too (an oasst id is a message id; repeated ``model:qid`` or record ids give the
+    same question id or the id itself)."""
+    groups = {ex["id"]: split_group(ex) for ex in parsed}
+    for ex in kept:
+        ex["group"] = groups[ex["id"]]
+    return kept
 
 
 def _row(src: SourceConfig, ex: dict) -> dict:

@@ -159,13 +159,15 @@ class HeldoutConfig(StrictModel):
     fraction: float = Field(default=0.0, ge=0.0, le=0.5)
     """Share of the cleaned examples (after cleaning and de-duplication, before the weights, so a
     held-out example never reaches training as a weight repeat) held out of the training set for
-    evaluation. Each example is held out iff a uniform number hashed from (seed, source name,
-    example id) is below it: adding sources or rows never changes which of the others are held
-    out. 0: no held-out split."""
+    evaluation. The split is made per group of examples that share text (the threads of one
+    ``oasst`` tree, the answers of all models to one ``fastchat-answers`` question; any other
+    example alone): a group is held out, whole, iff a uniform number hashed from (seed, source
+    name, group) is below it, so no held-out turn is trained on inside a sibling example, and
+    adding sources or rows never changes which of the others are held out. 0: no held-out split."""
     max_examples: int | None = Field(default=None, ge=1)
-    """Most held-out examples: of those ``fraction`` selects, keep the ones with the smallest hash
-    numbers over all sources (the rest go back to training). Ignored when ``fraction`` is 0.
-    Default: no cap."""
+    """Most held-out examples: of the groups ``fraction`` selects, keep whole groups in ascending
+    hash order over all sources, stopping before the one that would exceed the cap (the rest go
+    back to training). Ignored when ``fraction`` is 0. Default: no cap."""
 
 
 class DataConfig(StrictModel):

@@ -3,7 +3,13 @@
 Weights are applied per source with a random generator seeded by
 ``(seed, source name)``, so adding or re-weighting one source never changes
 which rows another source contributes. The held-out split is decided per
-example by a hash of ``(seed, source name, example id)`` for the same reason.
+split group by a hash of ``(seed, source name, group)`` for the same reason.
+
+A group is a set of examples that share text: the threads of one ``oasst`` tree (same
+prompt, same earlier answers), the answers of several models to one ``fastchat-answers``
+question (same question); any other example is a group of its own (``group`` = its id, see
+`ja_instruct.data.sources.read_source`). Whole groups go to one side, so no held-out turn is
+ever trained on as part of a sibling example.
 """
 
 from __future__ import annotations
@@ -36,35 +42,48 @@ def check_licence_policy(cfg: DataConfig) -> None:
                              "noncommercial (the dataset is then for non-commercial use only).")
 
 
-def heldout_key(seed: int, source: str, example_id: str) -> float:
-    """A uniform number in [0, 1) that depends only on (seed, source name, example id).
+def heldout_key(seed: int, source: str, group: str) -> float:
+    """A uniform number in [0, 1) that depends only on (seed, source name, split group).
 
     Source names cannot contain ``:`` (`SourceConfig.name`), so the joined string is unambiguous."""
-    digest = hashlib.sha256(f"{seed}:{source}:{example_id}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{seed}:{source}:{group}".encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def split_group(example: dict) -> str:
+    """The held-out split group of a (cleaned) example: its ``group``, else its own id."""
+    group = example.get("group")
+    return group if group is not None else example["id"]
 
 
 def select_heldout(cleaned: Iterable[tuple[str, list[dict]]], cfg: HeldoutConfig,
                    seed: int) -> list[tuple[str, dict]]:
     """The held-out examples of ``cleaned`` (``(source name, cleaned examples)`` per active source).
 
-    An example is held out iff its `heldout_key` is below ``cfg.fraction``; with ``cfg.max_examples``
-    only the smallest keys over all sources are kept. Returns ``(source name, example)`` pairs in
-    ascending key order, so any prefix of the split is itself a seeded uniform sample of it (the
-    first n equal what ``max_examples: n`` would select).
+    A split group (`split_group`) is held out, all of its examples, iff its `heldout_key` is below
+    ``cfg.fraction``. With ``cfg.max_examples`` whole groups are kept in ascending key order over
+    all sources until the next one would exceed the cap (a group is never cut in two: one part
+    would train on the other's shared turns). Returns ``(source name, example)`` pairs in ascending
+    key order (a group's examples in source order), so any prefix of whole groups is itself a
+    seeded uniform sample of the split (the first groups totalling at most n are what
+    ``max_examples: n`` selects).
     """
     if cfg.fraction <= 0:
         return []
-    picked = []
+    groups: dict[tuple[str, str], list[dict]] = {}
     for name, examples in cleaned:
         for ex in examples:
-            key = heldout_key(seed, name, ex["id"])
-            if key < cfg.fraction:
-                picked.append((key, name, ex))
-    picked.sort(key=lambda t: (t[0], t[1], t[2]["id"]))
-    if cfg.max_examples is not None:
-        picked = picked[:cfg.max_examples]
-    return [(name, ex) for _, name, ex in picked]
+            groups.setdefault((name, split_group(ex)), []).append(ex)
+    keyed = sorted((heldout_key(seed, name, group), name, group) for name, group in groups)
+    picked: list[tuple[str, dict]] = []
+    for key, name, group in keyed:
+        if key >= cfg.fraction:
+            break
+        members = groups[(name, group)]
+        if cfg.max_examples is not None and len(picked) + len(members) > cfg.max_examples:
+            break  # stop, not skip: a later, smaller group would make the cap depend on group sizes
+        picked.extend((name, ex) for ex in members)
+    return picked
 
 
 def apply_weight(examples: list[dict], src: SourceConfig, seed: int) -> list[dict]:

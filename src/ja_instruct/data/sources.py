@@ -13,6 +13,12 @@
 
 Messages use the team's roles: ``system``, ``user``, ``input``, ``assistant``.
 Row-level filters (failed translation, language, ``where``) apply to every format.
+
+An example may carry a ``group``: the examples that share text with each other and must
+therefore land on the same side of the held-out split (`ja_instruct.data.mix.select_heldout`).
+``oasst`` threads of one tree share the prompt and earlier turns (group: the root message id);
+``fastchat-answers`` answers of several models to one question share the question (group: the
+question id). Without one, an example is its own group.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from ja_instruct.data.records import (Row, SourceStats, dumps_id, expand_answers
                                       load_question_file)
 from ja_instruct.errors import UserError
 
-Example = dict  # {"id": str, "messages": [{"role": str, "content": str}, ...]}
+Example = dict  # {"id": str, "messages": [{"role": str, "content": str}, ...], "group": str (optional)}
 
 # ShareGPT / OpenAI speaker names -> our roles.
 ROLE_MAP = {
@@ -215,7 +221,8 @@ def read_oasst(src: SourceConfig, stats: SourceStats, on_error: str) -> Iterator
             if trimmed is None:
                 stats.drop("no_response")
                 continue
-            yield {"id": path[len(trimmed) - 1], "messages": trimmed}
+            # sibling threads share the root prompt and earlier answers: one split group per tree
+            yield {"id": path[len(trimmed) - 1], "messages": trimmed, "group": root}
     # messages below a dropped one, orphans, and trees that start with an assistant message
     unreachable = len(nodes) - len(_reachable(nodes, roots))
     if unreachable:
@@ -302,7 +309,8 @@ def read_fastchat_answers(src: SourceConfig, stats: SourceStats, on_error: str) 
             if not messages:
                 stats.drop("no_response")
                 continue
-            yield {"id": f"{model}:{qid}", "messages": messages}
+            # every model's answer to a question shares its turns: one split group per question
+            yield {"id": f"{model}:{qid}", "messages": messages, "group": qid}
 
 
 READERS: dict[str, Callable[[SourceConfig, SourceStats, str], Iterator[Example]]] = {
@@ -314,7 +322,8 @@ READERS: dict[str, Callable[[SourceConfig, SourceStats, str], Iterator[Example]]
 
 
 def read_source(src: SourceConfig, stats: SourceStats, on_error: str) -> list[Example]:
-    """All conversations of one source (ids prefixed with the source name)."""
+    """All conversations of one source: ids prefixed with the source name, and every example's
+    held-out split ``group`` set (prefixed the same way; its own id when the format gives none)."""
     reader = READERS.get(src.format)
     if reader is None:  # the config's Literal already guards this; keep the message for API users
         raise UserError(f"unknown format '{src.format}'", hint=f"Valid formats: {', '.join(READERS)}.")
@@ -323,6 +332,7 @@ def read_source(src: SourceConfig, stats: SourceStats, on_error: str) -> list[Ex
     for ex in tqdm(reader(src, stats, on_error), desc=f"reading {src.name}", unit=" conv",
                    file=sys.stderr, disable=None, leave=False):
         ex["id"] = f"{src.name}:{ex['id']}"
+        ex["group"] = f"{src.name}:{ex['group']}" if ex.get("group") is not None else ex["id"]
         out.append(ex)
     stats.examples = len(out)
     return out

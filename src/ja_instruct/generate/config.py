@@ -94,20 +94,23 @@ class ModelSpec(StrictModel):
         return env_var_name(value)
 
 
-# `ReferenceNLLConfig.references` value meaning "the held-out split of this recipe's data stage".
+# `ReferenceNLLConfig.references` value meaning "the held-out split of the data this recipe trains on".
 HELDOUT = "heldout"
 
 
 class ReferenceNLLConfig(StrictModel):
-    """Judge-free quality signal: how likely each local model finds held-out reference answers
-    (mean negative log-likelihood per answer token, with the model's own template), written to
-    `<out>/reference_nll.json`."""
+    """Judge-free quality signal: how likely each local model finds reference answers, by default
+    those held out of its training data (mean negative log-likelihood per answer token, with the
+    model's own template), written to `<out>/reference_nll.json`."""
 
     references: str = HELDOUT
-    """The reference conversations: `heldout` (the held-out split of this recipe's data stage, see
-    `data.heldout`), or a local JSONL/JSON/parquet file or `save_to_disk` folder with a `messages`
-    column (`[{role, content}, ...]`), or a FastChat question file whose `reference` (or
-    `reference_answers`) gives one answer per turn (questions lacking one for a turn are skipped)."""
+    """The reference conversations: `heldout` (the held-out split, see `data.heldout`, of the dataset
+    this recipe trains on: `train.dataset_dir` when set, else the data stage's output), or a data
+    build folder (`ja-instruct data build --out DIR`: its held-out split, never its training split;
+    a build without one is an error), or a local JSONL/JSON/parquet file or `save_to_disk` folder
+    with a `messages` column (`[{role, content}, ...]`), or a FastChat question file whose
+    `reference` (or `reference_answers`) gives one answer per turn (questions lacking one for a turn
+    are skipped). Only a held-out split is reported as held-out."""
     reference_answers: str | None = None
     """FastChat answer JSONL giving the reference answers of a question file in `references`
     (e.g. `ja_mt_bench/reference_answer/gpt-4.jsonl`); questions' own `reference` wins."""
@@ -160,8 +163,9 @@ class GenerateConfig(StrictModel):
     """Sampling seed; default the recipe's `seed`."""
     reference_nll: ReferenceNLLConfig | None = None
     """Also score each hf/vllm model on reference answers: the mean negative log-likelihood per
-    answer token (the model's held-out "eval loss"; lower is better), in `<out>/reference_nll.json`.
-    null: not computed. openai/fake models are listed as unavailable (no weights)."""
+    answer token (on the held-out split, the model's held-out "eval loss"; lower is better), in
+    `<out>/reference_nll.json`. null: not computed. openai/fake models are listed as unavailable
+    (no weights)."""
 
     @field_validator("category_temperature")
     @classmethod

@@ -1,20 +1,25 @@
-"""Reference NLL: how likely each model finds held-out reference answers (a judge-free signal).
+"""Reference NLL: how likely each model finds reference answers (a judge-free signal); by default
+the held-out split of the data the recipe trains on, which no tuned model has seen.
 
 With ``generate.reference_nll`` set, the generate stage writes ``<out>/reference_nll.json``::
 
     {"version": 1,
-     "references": {"source": str, "fingerprint": str, "conversations": int},
-     "definition": DEFINITION,
+     "references": {"source": str, "heldout": bool, "fingerprint": str, "conversations": int},
+     "definition": str,   # `definition`: names the references, "held-out" only for a held-out split
      "models": {model_id: {"fingerprint", "mean_nll", "perplexity", "tokens", "conversations",
                            "skipped", "per_conversation": [{"id", "nll", "tokens"}]}
                       or {"fingerprint", "unavailable": reason}}}
 
-The number is the model's held-out "eval loss": each reference conversation is rendered with
-the model's own template (``spec.template``; ``spec.system_prompt`` as a system message when
-the conversation has none) and tokenised exactly as training tokenises it
-(`ja_instruct.data.tokenize.encode_conversation`), and only its trained tokens are scored:
-every assistant answer and the EOS after it. The mean is token-weighted (sum of NLL / tokens),
-as a training loss is; ``nll`` per conversation is a sum, so any subset can be re-averaged.
+``heldout`` is true when the references are the held-out split of a data build (``references:
+heldout``, or a data build folder): then the number is the model's held-out "eval loss". For a
+user-given reference file it is false, and nothing says the answers were never trained on.
+
+Each reference conversation is rendered with the model's own template (``spec.template``;
+``spec.system_prompt`` as a system message when the conversation has none) and tokenised exactly
+as training tokenises it (`ja_instruct.data.tokenize.encode_conversation`), and only its trained
+tokens are scored: every assistant answer and the EOS after it. The mean is token-weighted (sum of
+NLL / tokens), as a training loss is; ``nll`` per conversation is a sum, so any subset can be
+re-averaged.
 
 An entry is a function of the model's fingerprint, its template, system prompt and dtype, the
 references' content and `NLL_VERSION`; a re-run recomputes exactly the entries whose inputs
@@ -49,8 +54,9 @@ NLL_FILE = "reference_nll.json"
 FILE_VERSION = 1
 # Bump when the scoring itself changes (masking, tokenisation rule...): every entry is recomputed.
 NLL_VERSION = 1
-DEFINITION = ("mean negative log-likelihood per token of the reference answers (assistant tokens and the EOS "
-              "after each, the model's own chat template); lower is better")
+# What every number of the file means; `definition` names the references in it.
+_DEFINITION = ("mean negative log-likelihood per token of the reference answers of {source} (assistant tokens "
+               "and the EOS after each, the model's own chat template); lower is better")
 FIELD = "generate.reference_nll.references"
 # Spec fields an entry depends on besides the model itself.
 SCORING_KEYS = ("template", "system_prompt", "dtype")
@@ -64,12 +70,14 @@ UNAVAILABLE = {
 
 @dataclass
 class References:
-    """The reference conversations: ``ids[i]`` names ``conversations[i]`` (messages ending in answers)."""
+    """The reference conversations: ``ids[i]`` names ``conversations[i]`` (messages ending in answers).
+    ``heldout``: they are the held-out split of a data build (never trained on by a model tuned on it)."""
 
     source: str
     ids: list[str]
     conversations: list[list[dict]]
     skipped: int = 0  # questions lacking a reference answer for some turn
+    heldout: bool = False
 
     @property
     def fingerprint(self) -> str:
@@ -77,17 +85,37 @@ class References:
         return stable_hash([[i, c] for i, c in zip(self.ids, self.conversations)])
 
 
-def _load_heldout(data_dir: Path):
-    """The data stage's held-out split (None when it has none); `ja_instruct.data.load_heldout`
-    when this version of the data stage has it."""
-    try:
-        from ja_instruct.data import load_heldout
-    except ImportError:  # a data stage without held-out splits: read the folder directly
-        from ja_instruct.data import load_dataset_dir
+def definition(refs: References) -> str:
+    """The file's ``definition``: what the numbers are, naming the references. Only a held-out
+    split is called held-out; a user's reference file may have been trained on, for all we know."""
+    return _DEFINITION.format(source=f"the {refs.source}" if refs.heldout else refs.source)
 
-        folder = data_dir / HELDOUT
-        return load_dataset_dir(folder) if (folder / "state.json").is_file() else None
-    return load_heldout(data_dir)
+
+def _data_build(path: Path) -> Path | None:
+    """The data build folder ``path`` names (the folder itself, or its held-out subfolder), else None."""
+    if (path / "dataset" / "state.json").is_file():
+        return path
+    if path.name == HELDOUT and (path.parent / "dataset" / "state.json").is_file():
+        return path.parent
+    return None
+
+
+def _heldout_rows(data_dir: Path, missing: UserError) -> tuple[Path, Iterable[tuple[str, int | None, dict]]]:
+    """(the build folder, the rows of its held-out split) of the data build ``data_dir`` (or of
+    its ``dataset/`` subfolder, as ``train.dataset_dir`` may name it); ``missing`` is raised when
+    there is none (no build there, or a build without a split)."""
+    from ja_instruct.data import load_heldout
+
+    if data_dir.name == "dataset" and (data_dir / "state.json").is_file():
+        data_dir = data_dir.parent
+    try:
+        ds = load_heldout(data_dir)
+    except UserError:  # no data build at all
+        ds = None
+    if ds is None:
+        raise missing
+    file = str(data_dir / HELDOUT)
+    return data_dir, ((file, i, rec) for i, rec in enumerate(ds, 1))
 
 
 def _conversation(rec: dict, file: str, line: int | None) -> tuple[str | None, list[dict]]:
@@ -137,58 +165,69 @@ def _from_rows(rows: Iterable[tuple[str, int | None, dict]]) -> tuple[list[str |
     return ids, convs
 
 
+def unique_ids(ids: Sequence[str | None]) -> list[str]:
+    """Names for per-conversation results, unique and stable: a given id is kept the first time it
+    appears; a repeat gets ``#2``, ``#3``... (the first suffix that no other id uses, given ones
+    included: ``["a", "a", "a#2"]`` -> ``["a", "a#3", "a#2"]``); a missing id is its 1-based position."""
+    given = {cid for cid in ids if cid is not None}
+    used: set[str] = set()
+    out = []
+    for n, cid in enumerate(ids, 1):
+        name = cid if cid is not None else str(n)
+        # a position never takes a name the file gives to another conversation
+        if name in used or (cid is None and name in given):
+            k = 2
+            while f"{name}#{k}" in used or f"{name}#{k}" in given:
+                k += 1
+            name = f"{name}#{k}"
+        used.add(name)
+        out.append(name)
+    return out
+
+
 def load_references(cfg: ReferenceNLLConfig, recipe) -> References:
     """The reference conversations of ``cfg`` (see `ReferenceNLLConfig.references`), first ``cfg.limit``.
+
+    ``heldout`` reads the held-out split of the dataset the recipe trains on
+    (`ja_instruct.train.identity.recipe_dataset_dir`: ``train.dataset_dir`` when set, else the
+    data stage's folder); a data build folder given as the references means its held-out split
+    too (its ``dataset/`` is the training split).
 
     Raises:
         UserError: no held-out split, a missing file, a bad record (file, line, field), an empty set.
     """
+    heldout = False
     if cfg.references == HELDOUT:
-        data_dir = Path(recipe.stage_dir("data"))
-        try:
-            ds = _load_heldout(data_dir)
-        except UserError:  # no data stage output at all
-            ds = None
-        if ds is None:
-            raise UserError(f"the data stage output {data_dir} has no held-out split to score models on", field=FIELD,
-                            hint="Set data.heldout.fraction (e.g. 0.02) and run `ja-instruct data build RECIPE`, "
-                                 "or point references at a conversation or question file.")
-        file = str(data_dir / HELDOUT)
-        ids, convs = _from_rows((file, i, rec) for i, rec in enumerate(ds, 1))
-        skipped, source = 0, f"held-out split of {data_dir}"
+        from ja_instruct.train.identity import recipe_dataset_dir
+
+        data_dir = Path(recipe_dataset_dir(recipe))
+        data_dir, rows = _heldout_rows(data_dir, UserError(
+            f"the dataset this recipe trains on ({data_dir}) has no held-out split to score models on", field=FIELD,
+            hint="Set data.heldout.fraction (e.g. 0.02) and run `ja-instruct data build RECIPE` (or rebuild the "
+                 "folder train.dataset_dir names with it), or point references at a conversation or question file."))
+        ids, convs = _from_rows(rows)
+        skipped, source, heldout = 0, f"held-out split of {data_dir}", True
     else:
         path = resolve_path(cfg.references)
         if not path.exists():
             raise UserError("reference set not found", file=path, field=FIELD,
                             hint="Check the path (relative to the current folder), or use `heldout`.")
-        try:
-            if path.is_dir() and (path / "dataset" / "state.json").is_file():  # a data stage output
-                from ja_instruct.data import load_dataset_dir
-
-                rows: Iterable = ((str(path), i, r) for i, r in enumerate(load_dataset_dir(path), 1))
-            else:
-                rows = read_question_records(str(path))
-            rows = iter(rows)
-            first = next(rows, None)
-            if first is None:
-                raise UserError("reference set is empty", file=path, field=FIELD)
-            if "messages" in first[2]:
-                ids, convs = _from_rows([first, *rows])
-                skipped = 0
-            else:  # FastChat questions whose references are the answers
-                questions = load_questions(str(path), references=cfg.reference_answers)
-                pairs = [(q.key, _question_conversation(q)) for q in questions]
-                ids, convs = [k for k, c in pairs if c], [c for _, c in pairs if c]
-                skipped = len(pairs) - len(convs)
-        except UserError as e:
-            raise _refield(e) from None
-        source = str(cfg.references)
-    seen: Counter = Counter()
-    unique = []
-    for n, cid in enumerate(ids, 1):  # ids name per-conversation results: keep them unique, stably
-        cid = cid if cid is not None else str(n)
-        seen[cid] += 1
-        unique.append(cid if seen[cid] == 1 else f"{cid}#{seen[cid]}")
+        build = _data_build(path) if path.is_dir() else None
+        if build is not None:  # a data build: its held-out split, never its training split
+            build, rows = _heldout_rows(build, UserError(
+                "this data build has no held-out split (its dataset/ is the training split, not references)",
+                file=path, field=FIELD,
+                hint="Rebuild it with data.heldout.fraction set (e.g. 0.02), or point references at a "
+                     "conversation or question file."))
+            ids, convs = _from_rows(rows)
+            skipped, source, heldout = 0, f"held-out split of {build}", True
+        else:
+            if path.name == "dataset" and _data_build(path.parent) is not None:
+                log.warning("reference_nll: %s is the TRAINING split of a data build; its held-out split is "
+                            "references: %s", path, path.parent)
+            ids, convs, skipped = _from_file(cfg, path)
+            source = str(cfg.references)
+    unique = unique_ids(ids)
     if cfg.limit is not None:
         unique, convs = unique[:cfg.limit], convs[:cfg.limit]
     if not convs:
@@ -197,7 +236,26 @@ def load_references(cfg: ReferenceNLLConfig, recipe) -> References:
                         field=FIELD, hint="Give reference answers (generate.reference_nll.reference_answers).")
     if skipped:
         log.info("reference_nll: %d question(s) skipped: no reference answer for every turn", skipped)
-    return References(source=source, ids=unique, conversations=convs, skipped=skipped)
+    return References(source=source, ids=unique, conversations=convs, skipped=skipped, heldout=heldout)
+
+
+def _from_file(cfg: ReferenceNLLConfig, path: Path) -> tuple[list[str | None], list[list[dict]], int]:
+    """(ids, conversations, questions skipped) of a conversation file or folder, or of a FastChat
+    question file whose reference answers complete the conversations."""
+    try:
+        rows = iter(read_question_records(str(path)))
+        first = next(rows, None)
+        if first is None:
+            raise UserError("reference set is empty", file=path, field=FIELD)
+        if "messages" in first[2]:
+            ids, convs = _from_rows([first, *rows])
+            return ids, convs, 0
+        # FastChat questions whose references are the answers
+        questions = load_questions(str(path), references=cfg.reference_answers)
+        pairs = [(q.key, _question_conversation(q)) for q in questions]
+        return [k for k, c in pairs if c], [c for _, c in pairs if c], len(pairs) - sum(1 for _, c in pairs if c)
+    except UserError as e:
+        raise _refield(e) from None
 
 
 # --------------------------------------------------------------------------- scoring
@@ -324,6 +382,7 @@ class ReferenceNLL:
         self.refs_fp = refs.fingerprint
         raw = _read_file(self.path)
         self.old_refs_fp = (raw.get("references") or {}).get("fingerprint")
+        self.old_header = {k: raw.get(k) for k in ("references", "definition")}
         models = raw.get("models") if isinstance(raw.get("models"), dict) else {}
         self.old_entries = {k: v for k, v in models.items() if isinstance(v, dict)}
         self.entries = dict(self.old_entries)
@@ -333,9 +392,18 @@ class ReferenceNLL:
         entry = self.entries.get(spec.id)
         return entry is not None and entry.get("fingerprint") == entry_fingerprint(spec, model_fp, self.refs_fp)
 
+    def header(self) -> dict:
+        """The file's ``references`` block and ``definition`` as this run writes them."""
+        return {"references": {"source": self.refs.source, "heldout": self.refs.heldout,
+                               "fingerprint": self.refs_fp, "conversations": len(self.refs.ids)},
+                "definition": definition(self.refs)}
+
     def all_current(self, specs: Iterable[ModelSpec], identity: dict[str, tuple[str | None, str]]) -> bool:
-        """Whether every model of ``specs`` has a current entry (``identity``: id -> (path, fingerprint))."""
-        return all(s.id in identity and self.is_current(s, identity[s.id][1]) for s in specs)
+        """Whether the file is what this run would write: every model of ``specs`` has a current entry
+        (``identity``: id -> (path, fingerprint)) and the header names the references as this run
+        does (a file whose label alone is stale is rewritten, without scoring anything again)."""
+        return (self.old_header == self.header()
+                and all(s.id in identity and self.is_current(s, identity[s.id][1]) for s in specs))
 
     def reasons(self, spec: ModelSpec, model_fp: str) -> list[str]:
         """Why ``spec``'s old entry is stale ([] when there was none)."""
@@ -411,8 +479,5 @@ class ReferenceNLL:
         """Write the file atomically with the current entries of ``specs`` only (a stale entry of a
         model this run did not score is dropped rather than shown beside current ones)."""
         models = {s.id: self.entries[s.id] for s in specs if s.id in identity and self.is_current(s, identity[s.id][1])}
-        write_json(self.path, {"version": FILE_VERSION,
-                               "references": {"source": self.refs.source, "fingerprint": self.refs_fp,
-                                              "conversations": len(self.refs.ids)},
-                               "definition": DEFINITION, "models": models})
+        write_json(self.path, {"version": FILE_VERSION, **self.header(), "models": models})
         return self.path

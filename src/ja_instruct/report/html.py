@@ -40,6 +40,16 @@ def score_color(score: float) -> str:
     return f"hsl({hue:.0f}, 60%, 38%)"
 
 
+def references_line(f: dict) -> str:
+    """How a reference NLL file's references are introduced: held out of training, or not (or unknown)."""
+    src = f.get("source") or "unknown source"
+    if f.get("heldout") is True:
+        return f"Held-out references: {src}"
+    if f.get("heldout") is False:
+        return f"References: {src} (not the data stage's held-out split)"
+    return f"References: {src} (whether held out of training is not recorded)"
+
+
 def demo_judge_reason(data: ReportData, cfg: ReportConfig) -> str | None:
     """Why this report's judge is a demo judge (None: a real judge)."""
     if cfg.demo_judge is False:
@@ -222,7 +232,7 @@ def build_context(data: ReportData, scores: dict[str, ModelScores], pairwise: Pa
         "model_meta": model_meta, "configs": _configs(data),
         "verdicts": [v["sentence"] for v in summary["verdicts"]], "notes": summary["notes"],
         "signals": signal_table(summary), "baseline": summary["baseline"],
-        "nll_files": summary["reference_nll_files"],
+        "nll_files": [{**f, "line": references_line(f)} for f in summary["reference_nll_files"]],
     }
 
 

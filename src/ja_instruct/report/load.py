@@ -15,7 +15,7 @@ Where things are found, starting from a judge folder ``J``:
   ``<train>/final``); training-data licences from a ``stats.json`` (the data stage's) found beside
   the model, through the train config's ``dataset_dir``, or in ``<root>/data``; the base model of
   a trained one: the train config's ``model`` (``<train>/config.yaml``);
-* held-out reference NLLs: ``reference_nll.json`` in the answers folder (optional; see
+* reference NLLs: ``reference_nll.json`` in the answers folder (optional; see
   `load_reference_nll`).
 """
 
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 JUDGMENTS = "judgments.jsonl"
 TRAINED = "trained"  # the generate stage's "this recipe's train output" marker
-REFERENCE_NLL = "reference_nll.json"  # the generate stage's held-out reference NLLs, beside the answers
+REFERENCE_NLL = "reference_nll.json"  # the generate stage's reference NLLs, beside the answers
 
 
 @dataclass
@@ -80,7 +80,7 @@ class ReportData:
     models: dict[str, ModelInfo]
     generate_config: dict | None = None
     reference_nll: dict[str, dict] = field(default_factory=dict)  # model id -> its reference_nll.json entry
-    reference_nll_files: list[dict] = field(default_factory=list)  # {"file", "source", "definition", ...}
+    reference_nll_files: list[dict] = field(default_factory=list)  # {"file", "source", "heldout", ...}
 
 
 def _read_yaml(path: Path) -> dict:
@@ -281,14 +281,15 @@ def _check_nll_entry(model: str, e: Any, path: Path, hint: str) -> None:
 
 
 def load_reference_nll(answers_dir: Path) -> dict | None:
-    """``<answers>/reference_nll.json`` (the generate stage's held-out reference NLLs), validated;
+    """``<answers>/reference_nll.json`` (the generate stage's reference NLLs), validated;
     None when absent. Its shape::
 
-        {"version": 1, "references": {"source", "fingerprint", "conversations"}, "definition": str,
+        {"version": 1, "references": {"source", "fingerprint", "conversations", "heldout": bool}, "definition": str,
          "models": {id: {"fingerprint", "mean_nll", "perplexity", "tokens", "conversations", "skipped",
                          "per_conversation": [{"id", "nll" (summed over the tokens), "tokens"}]}
                     | {"fingerprint", "unavailable": why}}}
 
+    ``references.heldout`` is true only for the data stage's held-out split (absent: not recorded).
     A malformed file is a UserError naming it (a model absent from it is simply not measured)."""
     path = answers_dir / REFERENCE_NLL
     if not path.is_file():
@@ -353,8 +354,10 @@ def load_report_data(judge_dirs: list[str | Path]) -> ReportData:
         if raw is None:
             continue
         refs = raw.get("references") if isinstance(raw.get("references"), dict) else {}
+        held = refs.get("heldout")  # absent (older files) or not a bool: unknown, never assumed held out
         nll_files.append({"file": str(a / REFERENCE_NLL), "source": refs.get("source"),
-                          "conversations": refs.get("conversations"), "definition": raw.get("definition")})
+                          "conversations": refs.get("conversations"), "definition": raw.get("definition"),
+                          "heldout": held if isinstance(held, bool) else None})
         for m, e in raw["models"].items():
             if m in models and m not in nll:
                 nll[m] = e

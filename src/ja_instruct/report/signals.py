@@ -7,18 +7,24 @@ report says so.
 
 **Signals** (what each number means is in `definitions`, shown beside it everywhere):
 
-* held-out reference NLL per token (``reference_nll.json`` beside the answers; lower is better);
-* answer health shares over answer turns: ended by EOS (higher is better), in Japanese (among
-  non-empty turns; higher is better), looping (lower is better);
+* reference NLL per token (``reference_nll.json`` beside the answers; lower is better). It is
+  labelled "Held-out NLL" only when the file says its references are the data stage's held-out
+  split (``references.heldout: true``); otherwise "Reference NLL (<source>)", or plain
+  "Reference NLL" when the file does not say;
+* answer health shares over ALL answer turns: ended by itself with a non-empty answer (higher is
+  better), in Japanese (an empty turn is not Japanese; higher is better), looping (lower is
+  better). The share of empty turns is shown beside them, without a verdict of its own: it
+  already lowers the first two, so a model that answers nothing cannot look healthy;
 * the judge's mean score (higher is better; a demo judge's says little).
 
-**Verdict rule** (tuned vs base, per signal): for the NLL and the judge score, the interval of the
-paired difference (tuned - base over the references / questions both have, cluster bootstrap,
-`ja_instruct.stats.paired_ratio_difference`) at the report's confidence level: wholly on the
-better side of 0 = "helped", wholly on the worse side = "hurt", containing 0 = "no clear
-difference". For the shares, which count every answer rather than estimate from a sample, a
-plain comparison with the counts shown: better share = "helped", worse = "hurt", equal = "no
-clear difference".
+**Verdict rule** (tuned vs base, per signal, the same for all): the interval of the paired
+difference tuned - base at the report's confidence level (`ja_instruct.stats.paired_ratio_difference`,
+cluster bootstrap over the units both models have: references for the NLL, questions for the
+judge score and for the shares, where a question counts its turns: matching turns over turns):
+wholly on the better side of 0 = "helped", wholly on the worse side = "hurt", containing 0 =
+"no clear difference". With fewer than `MIN_PAIRED` paired units the interval means nothing
+(one unit gives a zero-width one), so the verdict is "no clear difference" and the sentence
+says there are too few to tell.
 
 Every verdict is a record (`summary.json`'s ``verdicts``); summary.md and index.html print the
 record's ``sentence``, so the files cannot disagree.
@@ -33,29 +39,70 @@ from pathlib import Path
 from ja_instruct.errors import UserError
 from ja_instruct.report.config import ReportConfig
 from ja_instruct.report.load import TRAINED, ModelInfo, ReportData
-from ja_instruct.report.stats import ModelScores, turn_flags
+from ja_instruct.report.stats import ModelScores, health_signals, question_health
 from ja_instruct.stats import ci_key, is_ok, paired_ratio_difference
 
 HELPED, HURT, UNCLEAR = "helped", "hurt", "no clear difference"
-HEALTH_SIGNALS = ("eos", "japanese", "loop")
-LABELS = {"reference_nll": "Held-out NLL", "eos": "Ended by EOS", "japanese": "In Japanese", "loop": "Looping",
-          "judge": "Judge score"}
-# signal -> (key in a model's health block, count key, total key, higher is better)
-_SHARES = {"eos": ("eos_share", "eos", "turns", True), "japanese": ("japanese_share", "japanese", "non_empty", True),
-           "loop": ("loop_share", "loop", "turns", False)}
+# Fewer paired units than this and no verdict is given: a bootstrap over 1-4 references or
+# questions has (nearly) nothing to resample, and its interval would claim a certainty it lacks.
+MIN_PAIRED = 5
+HEALTH_SIGNALS = ("eos", "japanese", "loop")  # the shares that get a verdict
+LABELS = {"reference_nll": "Reference NLL", "eos": "Ended by EOS", "japanese": "In Japanese", "loop": "Looping",
+          "empty": "Empty answers", "judge": "Judge score"}
+HELDOUT_LABEL = "Held-out NLL"
+# signal -> (key in a model's health block, count key (over "turns"), higher is better)
+_SHARES = {"eos": ("eos_share", "eos", True), "japanese": ("japanese_share", "japanese", True),
+           "loop": ("loop_share", "loop", False)}
+_SHOWN = {**_SHARES, "empty": ("empty_share", "empty", False)}  # the table's share rows
 
 
-def definitions(cfg: ReportConfig) -> dict[str, str]:
+def _heldout(nll_files: list[dict]) -> bool | None:
+    """True when every reference file says its references are the held-out split, False when every
+    one says they are not, None when unknown (no file, a file that does not say, or a mix)."""
+    flags = {f.get("heldout") for f in nll_files}
+    return flags.pop() if len(flags) == 1 and flags <= {True, False} else None
+
+
+def nll_label(nll_files: list[dict]) -> str:
+    """The NLL signal's name: "Held-out NLL" only for the data stage's held-out split."""
+    held = _heldout(nll_files)
+    if held:
+        return HELDOUT_LABEL
+    sources = {f.get("source") for f in nll_files}
+    if held is False and len(sources) == 1 and None not in sources:
+        return f"{LABELS['reference_nll']} ({sources.pop()})"
+    return LABELS["reference_nll"]
+
+
+def labels(nll_files: list[dict]) -> dict[str, str]:
+    """Each signal's name as the report prints it (the NLL's depends on the references)."""
+    return {**LABELS, "reference_nll": nll_label(nll_files)}
+
+
+def definitions(cfg: ReportConfig, nll_files: list[dict] = ()) -> dict[str, str]:
     """One line per signal: what the number means and which direction is better."""
+    held = _heldout(list(nll_files))
+    sources = sorted({str(f["source"]) for f in nll_files if f.get("source")})
+    how = "Assistant tokens only, each model's own chat template; perplexity = exp(NLL)."
+    if held:
+        nll = (f"Mean negative log-likelihood per token of held-out reference answers: the data stage's held-out "
+               f"split, never trained on. {how}")
+    elif held is False:
+        nll = (f"Mean negative log-likelihood per token of the reference answers of {', '.join(sources) or 'the file'}"
+               f", not the data stage's evaluation split: training may have seen them. {how}")
+    else:
+        nll = (f"Mean negative log-likelihood per token of reference answers; whether training saw them is not "
+               f"recorded. {how}")
     return {
-        "reference_nll": "Mean negative log-likelihood per token of held-out reference answers (assistant tokens "
-                         "only, each model's own chat template); perplexity = exp(NLL). Lower is better.",
-        "eos": "Share of answer turns that ended by themselves (EOS or a stop string) before max_new_tokens. "
-               "Higher is better.",
-        "japanese": f"Share of non-empty answer turns whose Japanese-character share is at least "
-                    f"{cfg.min_ja_ratio:g}. Higher is better.",
+        "reference_nll": nll + " Lower is better.",
+        "eos": "Share of answer turns where the model ended by itself with a non-empty answer (EOS or a stop "
+               "string before max_new_tokens); an empty or cut-off turn does not count. Higher is better.",
+        "japanese": f"Share of all answer turns whose Japanese-character share is at least {cfg.min_ja_ratio:g} "
+                    "(an empty turn is not Japanese). Higher is better.",
         "loop": f"Share of answer turns flagged as a loop by the generate stage or whose repeated n-gram share is "
                 f"at least {cfg.max_repeat_ratio:g}. Lower is better.",
+        "empty": "Share of answer turns with no text (shown, not judged: it already lowers the EOS and Japanese "
+                 "shares). Lower is better.",
         "judge": "Mean judge score (single-answer grading, 1-10). Higher is better.",
     }
 
@@ -63,31 +110,6 @@ def definitions(cfg: ReportConfig) -> dict[str, str]:
 def _clean(x):
     """None for NaN/missing (JSON has no NaN), else a float."""
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
-
-
-def health_signals(answers: dict[str, dict], min_ja_ratio: float, max_repeat_ratio: float) -> dict | None:
-    """Shares of answer turns that ended by EOS (not truncated), are in Japanese (``ja_ratio >=
-    min_ja_ratio`` among non-empty turns), loop, were truncated; with their counts. None when the
-    answers carry no ``health`` records."""
-    c = dict.fromkeys(("turns", "eos", "truncated", "loop", "non_empty", "japanese"), 0)
-    for a in answers.values():
-        for h in a.get("health") or []:
-            if not isinstance(h, dict):
-                continue
-            flags = turn_flags(h, min_ja_ratio, max_repeat_ratio)
-            c["turns"] += 1
-            c["truncated"] += "truncated" in flags
-            c["eos"] += "truncated" not in flags
-            c["loop"] += "looping" in flags
-            if not h.get("empty"):  # an empty turn is empty, not "not Japanese"
-                c["non_empty"] += 1
-                c["japanese"] += h.get("ja_ratio") is not None and float(h["ja_ratio"]) >= min_ja_ratio
-    if not c["turns"]:
-        return None
-    n = c["turns"]
-    return {"turns": n, "eos_share": c["eos"] / n,
-            "japanese_share": c["japanese"] / c["non_empty"] if c["non_empty"] else None,
-            "loop_share": c["loop"] / n, "truncated_share": c["truncated"] / n, "counts": c}
 
 
 def _spec_path(info: ModelInfo) -> str | None:
@@ -180,6 +202,21 @@ def judge_comparison(judgments: list[dict], base: str, tuned: str, n_boot: int, 
     return _paired([(*sums[base][q], *sums[tuned][q]) for q in shared], n_boot, seed, ci)
 
 
+def share_comparison(base: dict[str, dict], tuned: dict[str, dict], count: str, n_boot: int, seed: int,
+                     ci: float) -> dict | None:
+    """Paired comparison of a health share over the questions both models answered (`question_health`
+    of each; per question: turns counted ``count`` over its turns): the share of each side over those
+    questions (``base_count`` of ``base_total`` turns, ...) and the interval of the difference
+    (tuned - base; questions resampled). None when no question was answered by both."""
+    shared = sorted(q for q in base if q in tuned)
+    ev = _paired([(base[q][count], base[q]["turns"], tuned[q][count], tuned[q]["turns"]) for q in shared],
+                 n_boot, seed, ci)
+    if ev is None:
+        return None
+    return {**ev, **{f"{side}_{k}": sum(d[q][key] for q in shared) for side, d in (("base", base), ("tuned", tuned))
+                     for k, key in (("count", count), ("total", "turns"))}}
+
+
 def _ci_verdict(ci, lower_is_better: bool) -> str:
     if not ci:
         return UNCLEAR
@@ -190,69 +227,90 @@ def _ci_verdict(ci, lower_is_better: bool) -> str:
     return UNCLEAR
 
 
+def _judged(ev: dict | None, lower_is_better: bool) -> tuple[str, dict]:
+    """(verdict, evidence) by the module's rule; too few paired units: no interval, no verdict."""
+    ev = dict(ev or {"shared": 0})
+    if ev["shared"] < MIN_PAIRED:
+        ev.update(ci=None, too_few=True, min_paired=MIN_PAIRED)
+    return _ci_verdict(ev.get("ci"), lower_is_better), ev
+
+
 def num(x: float) -> str:
     """A compact number for a sentence: 2 decimals, more significant digits for tiny values."""
     return f"{x:.2f}" if x == 0 or abs(x) >= 0.095 else f"{x:.2g}"
 
 
+def signed(x: float) -> str:
+    """`num` with a "+" on positive values (a difference)."""
+    return ("+" if x > 0 else "") + num(x)
+
+
 def _ci_text(ev: dict) -> str:
     lo, hi = ev["ci"]
-    return f"difference CI [{num(lo)}, {num(hi)}]" + (" includes 0" if lo <= 0 <= hi else "")
+    return f"difference CI [{signed(lo)}, {signed(hi)}]" + (" includes 0" if lo <= 0 <= hi else "")
+
+
+def _detail(ev: dict, none: str) -> str:
+    """The interval, or why there is none."""
+    if ev.get("ci"):
+        return _ci_text(ev)
+    return f"too few ({ev['shared']}) to tell" if ev.get("shared") else none
 
 
 def sentence(rec: dict, named: bool = False) -> str:
     """The one-line verdict of a verdict record (the only place sentences are made)."""
     sig, ev, v = rec["signal"], rec["evidence"], rec["verdict"]
-    head = LABELS[sig] + (f" ({rec['model']} vs {rec['baseline']})" if named else "")
+    head = rec.get("label", LABELS[sig]) + (f" ({rec['model']} vs {rec['baseline']})" if named else "")
     says = f"tuning {v}" if v in (HELPED, HURT) else v
     b, t = rec["base_value"], rec["tuned_value"]
     if sig in _SHARES:
-        what = "of non-empty answers" if sig == "japanese" else "of answers"
-        better = "higher" if _SHARES[sig][3] else "lower"
-        return (f"{head}: {says}: {100 * b:.0f}% -> {100 * t:.0f}% {what} ({ev['base_count']} of {ev['base_total']}"
-                f" -> {ev['tuned_count']} of {ev['tuned_total']} turns; {better} is better).")
+        better = "higher" if _SHARES[sig][2] else "lower"
+        return (f"{head}: {says}: {ev['base_count']} of {ev['base_total']} ({100 * b:.0f}%) -> {ev['tuned_count']} "
+                f"of {ev['tuned_total']} ({100 * t:.0f}%) answers on {ev['shared']} questions, "
+                f"{_detail(ev, 'no question answered by both')} ({better} is better).")
     if sig == "reference_nll":
-        detail = (f"lower on {ev['lower']} of {ev['shared']} references, {_ci_text(ev)}" if ev.get("ci")
-                  else "no per-reference NLLs to pair")
+        detail = _detail(ev, "no per-reference NLLs to pair")
+        if ev.get("shared"):
+            detail = f"lower on {ev['lower']} of {ev['shared']} references, {detail}"
         return f"{head}: {says}: {num(b)} -> {num(t)} per token (lower is better; {detail})."
-    detail = f"{_ci_text(ev)} over {ev['shared']} questions" if ev.get("ci") else "no questions graded for both"
+    detail = _detail(ev, "no questions graded for both")
+    if ev.get("shared"):
+        detail = f"{ev['shared']} questions graded for both, {detail}"
     demo = " — demo judge, not a real evaluation" if ev.get("demo_judge") else ""
     return f"{head}: {says}: {num(b)} -> {num(t)} (higher is better; {detail}){demo}."
 
 
 def _verdicts(base: str, tuned: str, data: ReportData, blocks: dict, cfg: ReportConfig,
-              judge_boot: tuple[int, int], demo: bool) -> tuple[list[dict], list[str]]:
+              judge_boot: tuple[int, int], demo: bool, names: dict[str, str]) -> tuple[list[dict], list[str]]:
     """The verdict records of one tuned model (signal order: demo judge -> judge last), and notes."""
     recs, notes = [], []
 
-    def rec(signal, bv, tv, verdict, evidence):
-        recs.append({"signal": signal, "model": tuned, "baseline": base, "base_value": bv, "tuned_value": tv,
-                     "verdict": verdict, "evidence": evidence})
+    def rec(signal, bv, tv, judged):
+        verdict, evidence = judged
+        recs.append({"signal": signal, "label": names[signal], "model": tuned, "baseline": base, "base_value": bv,
+                     "tuned_value": tv, "verdict": verdict, "evidence": evidence})
 
     nb, nt = blocks[base]["reference_nll"], blocks[tuned]["reference_nll"]
     if nb and nt:
-        ev = nll_comparison(data.reference_nll[base], data.reference_nll[tuned], cfg.bootstrap, cfg.seed, cfg.ci) \
-            or {"shared": 0}
-        rec("reference_nll", nb["mean_nll"], nt["mean_nll"], _ci_verdict(ev.get("ci"), True), ev)
+        ev = nll_comparison(data.reference_nll[base], data.reference_nll[tuned], cfg.bootstrap, cfg.seed, cfg.ci)
+        rec("reference_nll", nb["mean_nll"], nt["mean_nll"], _judged(ev, True))
     else:
         miss = {m: blocks[m]["reference_nll_note"] for m in (base, tuned) if not blocks[m]["reference_nll"]}
         why = next(iter(miss.values())) if len(set(miss.values())) == 1 and len(miss) == 2 \
             else "; ".join(f"{m}: {n}" for m, n in miss.items())  # the same reason for both: said once
-        notes.append(f"{LABELS['reference_nll']}: n/a ({why}).")
-    hb, ht = blocks[base]["health"], blocks[tuned]["health"]
-    for sig, (key, cnt, tot, higher) in _SHARES.items():
-        if not hb or not ht or hb[key] is None or ht[key] is None:
-            notes.append(f"{LABELS[sig]}: n/a (answers without health records).")
+        notes.append(f"{names['reference_nll']}: n/a ({why}).")
+    qb, qt = (question_health(data.answers.get(m, {}), cfg.min_ja_ratio, cfg.max_repeat_ratio) for m in (base, tuned))
+    for sig, (_, cnt, higher) in _SHARES.items():
+        ev = share_comparison(qb, qt, cnt, cfg.bootstrap, cfg.seed, cfg.ci)
+        if ev is None:
+            notes.append(f"{names[sig]}: n/a (no question with health records for both).")
             continue
-        cb, tb, ct, tt = hb["counts"][cnt], hb["counts"][tot], ht["counts"][cnt], ht["counts"][tot]
-        diff = ct * tb - cb * tt  # sign of tuned share - base share, in exact integers
-        verdict = UNCLEAR if diff == 0 else HELPED if (diff > 0) == higher else HURT
-        rec(sig, hb[key], ht[key], verdict, {"base_count": cb, "base_total": tb, "tuned_count": ct,
-                                             "tuned_total": tt})
+        # the shares over the questions both answered: the ones the interval is about
+        rec(sig, ev["base_count"] / ev["base_total"], ev["tuned_count"] / ev["tuned_total"], _judged(ev, not higher))
     jb, jt = blocks[base]["judge"], blocks[tuned]["judge"]
     if jb and jt and jb["mean"] is not None and jt["mean"] is not None:
-        ev = judge_comparison(data.judgments, base, tuned, *judge_boot, cfg.ci) or {"shared": 0}
-        rec("judge", jb["mean"], jt["mean"], _ci_verdict(ev.get("ci"), False), {**ev, "demo_judge": demo})
+        verdict, ev = _judged(judge_comparison(data.judgments, base, tuned, *judge_boot, cfg.ci), False)
+        rec("judge", jb["mean"], jt["mean"], (verdict, {**ev, "demo_judge": demo}))
     if not demo:  # a real judge leads
         recs.sort(key=lambda r: r["signal"] != "judge")
     return recs, notes
@@ -260,11 +318,12 @@ def _verdicts(base: str, tuned: str, data: ReportData, blocks: dict, cfg: Report
 
 def build_summary(data: ReportData, models: list[str], scores: dict[str, ModelScores], cfg: ReportConfig,
                   title: str, demo_judge: bool, judge_boot: tuple[int, int]) -> dict:
-    """The content of summary.json: roles, per-model signals, verdicts (with sentences), definitions.
+    """The content of summary.json: roles, per-model signals, verdicts (with sentences), labels, definitions.
 
     ``judge_boot`` is the (bootstrap, seed) of the judge statistics (`bootstrap_params`); the NLL
-    comparison uses the report config's."""
+    and share comparisons use the report config's."""
     base, roles, notes = find_roles(data, cfg)
+    names = labels(data.reference_nll_files)
     shown = ([base] if base is not None and base not in models else []) + list(models)
     order = sorted(shown, key=lambda m: {"base": 0, "tuned": 1}.get(roles.get(m), 2))  # stable: display order kept
     blocks = {}
@@ -282,22 +341,34 @@ def build_summary(data: ReportData, models: list[str], scores: dict[str, ModelSc
     verdicts: list[dict] = []
     if base is not None:
         for t in tuned:
-            recs, why = _verdicts(base, t, data, blocks, cfg, judge_boot, demo_judge)
+            recs, why = _verdicts(base, t, data, blocks, cfg, judge_boot, demo_judge, names)
             verdicts += recs
             notes += [n for n in why if n not in notes]
     for r in verdicts:
         r["sentence"] = sentence(r, named=len(tuned) > 1)
     return {"title": title, "demo_judge": demo_judge, "baseline": base, "models": blocks, "verdicts": verdicts,
-            "notes": notes, "definitions": definitions(cfg),
-            "reference_nll_files": data.reference_nll_files}
+            "notes": notes, "labels": names, "definitions": definitions(cfg, data.reference_nll_files),
+            "min_paired": MIN_PAIRED, "reference_nll_files": data.reference_nll_files}
+
+
+def _vs(v: dict) -> str:
+    """A table cell's comparison with the base: the verdict and its difference interval."""
+    ev, out = v["evidence"], f"vs {v['baseline']}: {v['verdict']}"
+    if ev.get("ci"):
+        lead = f"lower on {ev['lower']}/{ev['shared']}; " if v["signal"] == "reference_nll" else ""
+        out += f" ({lead}Δ {signed(ev['difference'])} [{signed(ev['ci'][0])}, {signed(ev['ci'][1])}])"
+    elif ev.get("too_few"):
+        out += f" (too few ({ev['shared']}) to tell)"
+    return out
 
 
 def signal_table(summary: dict) -> dict:
     """The judge-free signals table (rows = signals, columns = models: base, tuned, others), as strings."""
     models = list(summary["models"])
+    names = summary.get("labels") or LABELS
     by = {(v["signal"], v["model"]): v for v in summary["verdicts"]}
     rows = []
-    for sig in ("reference_nll",) + HEALTH_SIGNALS:
+    for sig in ("reference_nll", *_SHOWN):
         cells = []
         for m in models:
             blk = summary["models"][m]
@@ -308,19 +379,11 @@ def signal_table(summary: dict) -> dict:
                           if n else blk["reference_nll_note"] or "")
             else:
                 h = blk["health"]
-                key, cnt, tot, _ = _SHARES[sig]
-                ok = h is not None and h[key] is not None
-                value = f"{100 * h[key]:.0f}%" if ok else "n/a"
-                unit = "non-empty turns" if sig == "japanese" else "turns"
-                detail = f"{h['counts'][cnt]} of {h['counts'][tot]} {unit}" if ok else "no health records"
+                key, cnt, _ = _SHOWN[sig]
+                value = f"{100 * h[key]:.0f}%" if h else "n/a"
+                detail = f"{h['counts'][cnt]} of {h['counts']['turns']} turns" if h else "no health records"
             v = by.get((sig, m))
-            vs = None
-            if v is not None:
-                ev = v["evidence"]
-                vs = f"vs {v['baseline']}: {v['verdict']}"
-                if sig == "reference_nll" and ev.get("ci"):
-                    vs += (f" (lower on {ev['lower']}/{ev['shared']}; Δ {num(ev['difference'])} "
-                           f"[{num(ev['ci'][0])}, {num(ev['ci'][1])}])")
-            cells.append({"value": value, "detail": detail, "vs": vs, "verdict": v["verdict"] if v else None})
-        rows.append({"signal": sig, "label": LABELS[sig], "meaning": summary["definitions"][sig], "cells": cells})
+            cells.append({"value": value, "detail": detail, "vs": _vs(v) if v else None,
+                          "verdict": v["verdict"] if v else None})
+        rows.append({"signal": sig, "label": names[sig], "meaning": summary["definitions"][sig], "cells": cells})
     return {"models": [{"id": m, "role": summary["models"][m]["role"]} for m in models], "rows": rows}

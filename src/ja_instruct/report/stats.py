@@ -126,6 +126,48 @@ def answer_health(answers: dict[str, dict], min_ja_ratio: float, max_repeat_rati
     return {k: v / n for k, v in counts.items()} | {"turns": n}
 
 
+_HEALTH_COUNTS = ("turns", "eos", "truncated", "loop", "empty", "japanese")
+
+
+def question_health(answers: dict[str, dict], min_ja_ratio: float, max_repeat_ratio: float) -> dict[str, dict]:
+    """Per question id, counts over its answer turns (``health`` records): ``turns``, ``eos``
+    (non-empty and not truncated), ``truncated``, ``loop``, ``empty``, ``japanese`` (non-empty with
+    ``ja_ratio >= min_ja_ratio``). Questions without health records are left out."""
+    out: dict[str, dict] = {}
+    for qid, a in answers.items():
+        c = dict.fromkeys(_HEALTH_COUNTS, 0)
+        for h in a.get("health") or []:
+            if not isinstance(h, dict):
+                continue
+            flags = turn_flags(h, min_ja_ratio, max_repeat_ratio)
+            empty = "empty" in flags
+            c["turns"] += 1
+            c["truncated"] += "truncated" in flags
+            c["empty"] += empty
+            # An empty answer did not "end by itself" in any useful sense, nor is it Japanese: a
+            # model that says nothing must not score as healthy.
+            c["eos"] += not empty and "truncated" not in flags
+            c["loop"] += "looping" in flags
+            c["japanese"] += not empty and h.get("ja_ratio") is not None and float(h["ja_ratio"]) >= min_ja_ratio
+        if c["turns"]:
+            out[str(qid)] = c
+    return out
+
+
+def health_signals(answers: dict[str, dict], min_ja_ratio: float, max_repeat_ratio: float) -> dict | None:
+    """Shares of all answer turns that ended by EOS with a non-empty answer, are in Japanese, loop,
+    were truncated, are empty; with their counts. None when the answers carry no ``health`` records."""
+    c = dict.fromkeys(_HEALTH_COUNTS, 0)
+    for q in question_health(answers, min_ja_ratio, max_repeat_ratio).values():
+        for k in _HEALTH_COUNTS:
+            c[k] += q[k]
+    if not c["turns"]:
+        return None
+    n = c["turns"]
+    return {"turns": n, "eos_share": c["eos"] / n, "japanese_share": c["japanese"] / n, "loop_share": c["loop"] / n,
+            "truncated_share": c["truncated"] / n, "empty_share": c["empty"] / n, "counts": c}
+
+
 # --------------------------------------------------------------------------- pairwise
 
 @dataclass

@@ -69,7 +69,7 @@ def _signals_md(ctx: dict) -> list[str]:
     out += [f"- {r['label']}: {r['meaning']}" for r in sig["rows"]]
     for f in ctx["nll_files"]:
         n = f" ({f['conversations']} conversations)" if f.get("conversations") is not None else ""
-        out += ["", f"Held-out references: {f.get('source') or 'unknown source'}{n}, from {f['file']}."]
+        out += ["", f"{f['line']}{n}, from {f['file']}."]
     return out + [""]
 
 
