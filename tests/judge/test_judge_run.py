@@ -186,3 +186,23 @@ def test_non_answer_jsonl_in_answers_dir_is_ignored(make_recipe, judge_inputs, t
     out = run_judging(make_recipe(), tmp_path / "j", progress=False)
     _, summ = _load(out)
     assert set(summ["models"]) == {"model-a", "model-b", "model-c"}
+
+
+def test_questions_from_generate_keep_its_limit(tmp_path):
+    """The judge grades the questions that were answered: generate.limit carries over (else every
+    unanswered question of the file is reported as missing)."""
+    import yaml
+
+    from ja_instruct.judge.run import resolve_config
+    from ja_instruct.recipe import load_recipe
+
+    def recipe(judge: dict):
+        p = tmp_path / "r.yaml"
+        p.write_text(yaml.safe_dump({"name": "x", "out_dir": str(tmp_path / "run"),
+                                     "generate": {"questions": "embedded:questions_ja.jsonl", "limit": 5,
+                                                  "models": [{"id": "m", "backend": "fake"}]},
+                                     "judge": judge}), encoding="utf-8")
+        return load_recipe(p)
+
+    assert resolve_config(recipe({"backend": {"backend": "fake"}})).limit == 5
+    assert resolve_config(recipe({"backend": {"backend": "fake"}, "limit": 2})).limit == 2

@@ -66,6 +66,8 @@ def resolve_config(recipe, judge_prompts: str | Path | None = None, repeats: int
             raise UserError("no question set: the judge section has no 'questions' and the recipe no 'generate'",
                             field="judge.questions", hint="Set judge.questions to a question JSONL or hub id.")
         data["questions"] = gen.questions
+        if data.get("limit") is None and getattr(gen, "limit", None) is not None:
+            data["limit"] = gen.limit  # the questions that were answered, not "24 have no answer"
         if data["reference_answers"] is None and getattr(gen, "reference_answers", None):
             data["reference_answers"] = Path(gen.reference_answers)
     try:
