@@ -320,3 +320,25 @@ def test_duplicate_ids_get_unused_suffixes(tmp_path):
     refs = write_jsonl(tmp_path / "dup.jsonl", [{"id": i, "messages": CONVS[0]} for i in ("a", "a", "a#2", "a")])
     ids = load_references(ReferenceNLLConfig(references=str(refs)), recipe=None).ids
     assert len(set(ids)) == 4 and ids[0] == "a" and ids[2] == "a#2"
+
+
+def test_ja_mt_bench_reference_answers_as_a_reference_set(shared_data, tiny_lm, tiny_tokenizer):
+    """A real recipe's reference set: JA MT-Bench questions with GPT-4's reference answers. Every
+    question with a reference for each turn becomes a 2-turn conversation; the rest are counted."""
+    bench = shared_data / "ja_mt_bench"
+    questions = [json.loads(x) for x in (bench / "question.jsonl").read_text(encoding="utf-8").splitlines() if x]
+    refs = {json.loads(x)["question_id"] for x in
+            (bench / "reference_answer" / "gpt-4.jsonl").read_text(encoding="utf-8").splitlines() if x}
+    cfg = ReferenceNLLConfig(references=str(bench / "question.jsonl"),
+                             reference_answers=str(bench / "reference_answer" / "gpt-4.jsonl"))
+    got = load_references(cfg, recipe=None)
+    assert got.heldout is False
+    assert 0 < len(got.conversations) <= len(refs) and got.skipped == len(questions) - len(got.conversations)
+    assert all([m["role"] for m in c] == ["user", "assistant", "user", "assistant"] for c in got.conversations)
+    # The tiny model's positions hold only the shortest conversations; longer ones are skipped.
+    shortest = sorted(got.conversations, key=lambda c: sum(len(m["content"]) for m in c))[:2]
+    short_limit = [c for c in shortest if len(tiny_tokenizer(get_template("plamo", tiny_tokenizer).render(c))
+                                              ["input_ids"]) < tiny_lm.config.max_position_embeddings]
+    assert short_limit
+    result = conversation_nll(tiny_lm, tiny_tokenizer, "plamo", short_limit + got.conversations[:1], batch_size=2)
+    assert all(r is not None and r[1] > 0 and r[0] > 0 for r in result[:len(short_limit)])
