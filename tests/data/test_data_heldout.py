@@ -243,3 +243,14 @@ def test_max_examples_takes_whole_groups_in_key_order(tmp_path, grouped):
     assert list(capped["id"]) == list(full["id"])[:n] and 0 < n <= 7
     assert stats["heldout"]["total"] == n and len(train) == 200 - n
     assert not _texts(capped) & _texts(train)
+
+
+def test_an_empty_split_that_was_asked_for_stops_the_build(tmp_path, files, source):
+    """A fraction no key falls under (or a cap below the first group) would otherwise surface as
+    "no held-out split" in `generate`, after training."""
+    lowest = min(heldout_key(5, "a", f"a:{i}") for i in range(120))
+    with pytest.raises(UserError, match="came out empty") as err:
+        build_dataset(_cfg(source, files, fraction=lowest / 2), tmp_path / "x", seed=5)
+    assert err.value.field == "data.heldout" and not (tmp_path / "x").exists()
+    build_dataset(_cfg(source, files, fraction=lowest * 1.0001), tmp_path / "y", seed=5)
+    assert len(load_heldout(tmp_path / "y")) == 1

@@ -198,7 +198,7 @@ def test_stage_writes_file_then_is_up_to_date_then_recomputes_what_changed(stage
     assert len(loads) == 1  # scored with the model generation loaded, not loaded twice
     manifest = read_json(out / "manifest.json")
     assert manifest["inputs"]["references"] == doc["references"]["fingerprint"]
-    assert manifest["outputs"]["reference_nll"] == "reference_nll.json"
+    assert manifest["outputs"][":reference_nll"] == "reference_nll.json"
 
     caplog.clear()
     run_generation(recipe())

@@ -239,6 +239,14 @@ def build_dataset(cfg: DataConfig, out_dir: str | Path, *, seed: int = 0, on_err
 
     # Held out before the weights: a held-out example must not reach training as a repeat.
     held = select_heldout([(src.name, exs) for src, exs in cleaned], cfg.heldout, seed)
+    if cfg.heldout.fraction > 0 and not held and any(exs for _, exs in cleaned):
+        # asked for a split and got none: fail now, not in `generate` after hours of training
+        cap = (f", or its first group by key has more than max_examples {cfg.heldout.max_examples} examples "
+               "(a group, e.g. one question's answers or one OASST tree, is never split)"
+               if cfg.heldout.max_examples is not None else "")
+        raise UserError(f"data.heldout asks for a held-out split, but it came out empty: no group's key falls "
+                        f"under fraction {cfg.heldout.fraction}{cap}", field="data.heldout",
+                        hint="Raise data.heldout.fraction or max_examples.")
     held_groups = {(name, split_group(ex)) for name, ex in held}
     heldout_counts = Counter(name for name, _ in held)
     rows: list[dict] = []

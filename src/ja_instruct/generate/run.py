@@ -273,7 +273,7 @@ def run_generation(recipe, out_dir: str | Path | None = None, models: list[str] 
         recipe.layout.register("generate", out)
     outputs = {spec.id: f"{spec.id}.jsonl" for spec in cfg.models}
     if refs is not None:
-        outputs["reference_nll"] = NLL_FILE
+        outputs[":reference_nll"] = NLL_FILE  # ':' cannot start a model id, so no model's file is shadowed
 
     def manifest():
         if any(spec.id not in identity for spec in cfg.models):

@@ -134,7 +134,8 @@ class JudgeConfig(StrictModel):
     between runs to reuse judgments, even between runs going on at the same time (file locks:
     each request is sent once)."""
     limit: int | None = None
-    """Judge only the first N questions (smoke tests)."""
+    """Judge only the first N questions (smoke tests); null with no `questions` of its own = the recipe's
+    `generate.limit`, so exactly the questions that were answered are judged."""
 
     @model_validator(mode="before")
     @classmethod

@@ -175,7 +175,8 @@ def _paired(pairs: list[tuple[float, float, float, float]], n_boot: int, seed: i
         return None
     res = paired_ratio_difference(*zip(*pairs), bootstrap=n_boot, seed=seed, levels=(ci,))
     return None if res is None else {"shared": res["n"], "lower": res["lower"], "higher": res["higher"],
-                                     "difference": res["difference"], "ci": res[ci_key(ci)], "ci_level": ci}
+                                     "difference": res["difference"], "ci": res[ci_key(ci)], "ci_level": ci,
+                                     "base": res["base"], "tuned": res["new"]}
 
 
 def nll_comparison(base: dict, tuned: dict, n_boot: int, seed: int, ci: float) -> dict | None:
@@ -293,7 +294,9 @@ def _verdicts(base: str, tuned: str, data: ReportData, blocks: dict, cfg: Report
     nb, nt = blocks[base]["reference_nll"], blocks[tuned]["reference_nll"]
     if nb and nt:
         ev = nll_comparison(data.reference_nll[base], data.reference_nll[tuned], cfg.bootstrap, cfg.seed, cfg.ci)
-        rec("reference_nll", nb["mean_nll"], nt["mean_nll"], _judged(ev, True))
+        # the values over the references both scored: those the difference and its interval are about
+        rec("reference_nll", ev["base"] if ev else nb["mean_nll"], ev["tuned"] if ev else nt["mean_nll"],
+            _judged(ev, True))
     else:
         miss = {m: blocks[m]["reference_nll_note"] for m in (base, tuned) if not blocks[m]["reference_nll"]}
         why = next(iter(miss.values())) if len(set(miss.values())) == 1 and len(miss) == 2 \
@@ -309,8 +312,10 @@ def _verdicts(base: str, tuned: str, data: ReportData, blocks: dict, cfg: Report
         rec(sig, ev["base_count"] / ev["base_total"], ev["tuned_count"] / ev["tuned_total"], _judged(ev, not higher))
     jb, jt = blocks[base]["judge"], blocks[tuned]["judge"]
     if jb and jt and jb["mean"] is not None and jt["mean"] is not None:
-        verdict, ev = _judged(judge_comparison(data.judgments, base, tuned, *judge_boot, cfg.ci), False)
-        rec("judge", jb["mean"], jt["mean"], (verdict, {**ev, "demo_judge": demo}))
+        paired = judge_comparison(data.judgments, base, tuned, *judge_boot, cfg.ci)
+        verdict, ev = _judged(paired, False)
+        rec("judge", paired["base"] if paired else jb["mean"], paired["tuned"] if paired else jt["mean"],
+            (verdict, {**ev, "demo_judge": demo}))
     if not demo:  # a real judge leads
         recs.sort(key=lambda r: r["signal"] != "judge")
     return recs, notes
