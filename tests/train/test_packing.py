@@ -1,4 +1,4 @@
-"""Packing: rows, the distributed order, and the loss equivalence of packed vs one-by-one."""
+"""Packing: rows, the distributed order, collation, and the loss equivalence of packed vs one-by-one."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ja_instruct.train.packing import IGNORE_INDEX, Example, StepSampler, build_rows, collate, pack_best_fit
+from ja_instruct.train.isolation import attention_layout
+from ja_instruct.train.packing import (IGNORE_INDEX, Example, StepSampler, build_rows, collate, collate_flat,
+                                      example_spans, pack_best_fit)
 
 
 def test_best_fit_places_every_example_once_within_the_limit():
@@ -57,9 +59,10 @@ def _model(tiny_model_dir):
     return m
 
 
-def _loss_sum(model, batch):
+def _loss_sum(model, batch, layout):
+    """Summed token loss of ``batch`` through the training loop's model inputs."""
     with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        logits = model(**layout.model_inputs(batch, torch.device("cpu"))).logits
     return F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX,
                            reduction="sum").item()
 
@@ -69,21 +72,22 @@ def test_packed_loss_equals_token_weighted_loss_one_by_one(tiny_model_dir, tiny_
     model = _model(tiny_model_dir)
     ex = _examples(tiny_tokenizer)
     pad = tiny_tokenizer.pad_token_id
+    layout = attention_layout(model, packing, torch.float32, "tiny")
     # one by one: the token-weighted mean over all supervised tokens
     total, count = 0.0, 0
     for i in range(len(ex)):
         b = collate(ex, [[i]], pad)
-        total += _loss_sum(model, b)
+        total += _loss_sum(model, b, layout)
         count += int((b["labels"] != IGNORE_INDEX).sum())
     rows = build_rows(ex, max_length=10_000, packing=packing)
     assert len(rows) == (1 if packing else len(ex))
     batch = collate(ex, rows, pad)  # packing: one row of six examples; padding: six padded rows
     assert int((batch["labels"] != IGNORE_INDEX).sum()) == count
-    assert abs(_loss_sum(model, batch) / count - total / count) < 1e-5
+    assert abs(_loss_sum(model, batch, layout) / count - total / count) < 1e-5
     if packing:
-        # The test can fail: without restarting position ids the examples attend to each other.
-        plain = dict(batch, position_ids=torch.arange(batch["input_ids"].shape[1])[None])
-        assert abs(_loss_sum(model, plain) / count - total / count) > 1e-3
+        # The test can fail: with all examples in one segment they attend to each other.
+        leaky = dict(batch, segment_ids=torch.zeros_like(batch["segment_ids"]))
+        assert abs(_loss_sum(model, leaky, layout) / count - total / count) > 1e-3
 
 
 def test_collate_shifts_labels_within_each_example():
@@ -93,6 +97,21 @@ def test_collate_shifts_labels_within_each_example():
     # token 3 (last of example 0) must not be trained to predict token 4 (first of example 1)
     assert b["labels"].tolist() == [[2, 3, -100, 5, -100]]
     assert b["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+    assert b["segment_ids"].tolist() == [[0, 0, 0, 1, 1]]
     b = collate(ex, [[0], [1]], pad_id=0)
     assert b["input_ids"].tolist() == [[1, 2, 3], [4, 5, 0]]
     assert b["labels"].tolist() == [[2, 3, -100], [5, -100, -100]]
+    assert b["segment_ids"].tolist() == [[0, 0, 0], [0, 0, 1]]  # padding: a segment of its own
+    assert example_spans(ex, [[0], [1]], flat=False) == [(0, 0, 0, 3), (1, 1, 0, 2)]
+
+
+def test_collate_flat_makes_one_row_with_flash_attention_boundaries():
+    ex = [Example([1, 2, 3], [-100, 2, 3]), Example([4, 5], [-100, 5]), Example([6, 7, 8, 9], [-100, -100, 8, 9])]
+    b = collate_flat(ex, [[0, 2], [1]])  # a micro-batch of two rows becomes one row, in row order
+    assert b["input_ids"].tolist() == [[1, 2, 3, 6, 7, 8, 9, 4, 5]]
+    assert b["labels"].tolist() == [[2, 3, -100, -100, 8, 9, -100, 5, -100]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 0, 1, 2, 3, 0, 1]]
+    assert b["cu_seq_lens_q"].tolist() == b["cu_seq_lens_k"].tolist() == [0, 3, 7, 9]
+    assert b["cu_seq_lens_q"].dtype == torch.int32
+    assert b["max_length_q"] == b["max_length_k"] == 4
+    assert example_spans(ex, [[0, 2], [1]], flat=True) == [(0, 0, 0, 3), (2, 0, 3, 4), (1, 0, 7, 2)]

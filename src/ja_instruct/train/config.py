@@ -77,8 +77,10 @@ class TrainConfig(StrictModel):
     its first ``max_length`` tokens instead (more data, at that cost). Either way the run logs
     and the model card state how many were kept whole, truncated and dropped."""
     packing: bool = True
-    """Pack several examples into one row (each keeps its own position ids, so none attends to
-    another); False pads each example to the longest one in its micro-batch."""
+    """Pack several examples into one row. Their boundaries are passed to attention explicitly
+    (a block-causal mask, or flash-attention sequence lengths) and checked on the model at start-up:
+    a model that ignores them (e.g. remote code that builds its own causal mask) is refused with a
+    clear error. False pads each example to the longest one in its micro-batch."""
     micro_batch_size: int = Field(1, ge=1)
     """Rows per forward/backward pass on one rank."""
     grad_accum: int | None = Field(None, ge=1)

@@ -1,7 +1,8 @@
 """The training loop: `fit(prepared, ...)` trains one run to its last step.
 
-    rows (packed examples) + the deterministic order -> model (+LoRA, FSDP2) -> AdamW +
-    cosine -> resume from the run's latest checkpoint -> for each step: micro-batches,
+    rows (packed examples) + the deterministic order -> model (+LoRA, FSDP2) -> packing
+    isolation checked on that model -> AdamW + cosine -> resume from the run's latest
+    checkpoint -> for each step: micro-batches (example boundaries passed to attention),
     loss per supervised token of the whole global batch, clip, step -> checkpoints.
 
 Which run, whether it is up to date, the export and the manifest are the stage's business
@@ -26,9 +27,10 @@ import torch.nn.functional as F
 from ja_instruct.io import JsonlAppender, read_jsonl_store, write_jsonl
 from ja_instruct.train import checkpoint as ckpt
 from ja_instruct.train.distributed import Dist
+from ja_instruct.train.isolation import attention_layout, check_isolation
 from ja_instruct.train.model import build_model, compute_dtype, is_fsdp
 from ja_instruct.train.optim import build_optimizer, cosine_schedule
-from ja_instruct.train.packing import IGNORE_INDEX, StepSampler, build_rows, collate
+from ja_instruct.train.packing import IGNORE_INDEX, StepSampler, build_rows
 from ja_instruct.train.prepare import Prepared
 
 log = logging.getLogger(__name__)
@@ -72,12 +74,18 @@ def fit(p: Prepared, out: Path, run_dir: Path, run: str, d: Dist, *,
     # 2. Model, optimiser, schedule. The seed fixes LoRA's initialisation (and dropout).
     torch.manual_seed(p.seed)
     model = build_model(cfg, p.model_path, d, dtype)
-    optimizer = build_optimizer(model, cfg, d.device)
-    scheduler = cosine_schedule(optimizer, total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
     fsdp = is_fsdp(model)
     # One process trains in bf16 through autocast; under FSDP2 the MixedPrecisionPolicy casts.
     autocast = (torch.autocast(d.device.type, dtype=dtype) if dtype != torch.float32 and not fsdp
                 else contextlib.nullcontext())
+    # How example boundaries reach attention; with packing, proven on this very model before
+    # step 1 (seconds; every rank, same inputs: FSDP forwards are collective).
+    layout = attention_layout(model, cfg.packing, dtype, cfg.model)
+    if cfg.packing:
+        check_isolation(model, layout, p.examples, name=cfg.model, pad_id=p.pad_id, autocast=autocast,
+                        device=d.device, distributed=d.enabled)
+    optimizer = build_optimizer(model, cfg, d.device)
+    scheduler = cosine_schedule(optimizer, total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
     torch.manual_seed(p.seed + d.rank)  # per-rank dropout streams
 
     # 3. Resume: model, optimiser, scheduler, RNG; the data position is the step number.
@@ -97,7 +105,7 @@ def fit(p: Prepared, out: Path, run_dir: Path, run: str, d: Dist, *,
     t_last, tok_last = time.perf_counter(), seen["tokens"]
     while step < total_steps:
         mbs = sampler.micro_batches(step)
-        micro = [collate(p.examples, [rows[r] for r in mb], p.pad_id) for mb in mbs]
+        micro = [layout.collate(p.examples, [rows[r] for r in mb], p.pad_id) for mb in mbs]
         # The loss is the mean over the supervised tokens of the WHOLE global batch (all
         # micro-batches of all ranks), so long answers weigh what they weigh whatever the
         # batching: count first, then every micro-batch adds sum(token losses) / count.
@@ -108,14 +116,13 @@ def fit(p: Prepared, out: Path, run_dir: Path, run: str, d: Dist, *,
         n_sup, n_tok = counts[0].item(), counts[1].item()
         loss_sum = torch.zeros((), dtype=torch.float64)
         for k, batch in enumerate(micro):
-            batch = {name: t.to(d.device) for name, t in batch.items()}
+            labels = batch["labels"].to(d.device)
             if fsdp:  # reduce-scatter gradients once per step, on the last micro-batch
                 model.set_requires_gradient_sync(k == len(micro) - 1)
             with autocast:
-                # No attention mask: position ids that restart make the per-example block mask.
-                logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                               use_cache=False).logits
-            tok_loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(),
+                # The example boundaries go to attention explicitly (mask or cu_seq_lens).
+                logits = model(**layout.model_inputs(batch, d.device)).logits
+            tok_loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
                                        ignore_index=IGNORE_INDEX, reduction="sum")
             # FSDP averages gradients over ranks; x world size turns that average into the sum.
             (tok_loss * (d.world_size / max(n_sup, 1.0))).backward()

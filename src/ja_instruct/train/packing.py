@@ -3,11 +3,12 @@
 A *row* is one sequence of at most ``max_length`` tokens fed to the model. With
 packing, a row holds several whole examples (best-fit decreasing bin packing, so
 rows are nearly full and padding is rare); each example keeps its own position ids
-(0, 1, 2, ... restarting at every example). Transformers turns position ids that
-restart into a block-diagonal causal mask (``find_packed_sequence_indices`` in
-``masking_utils``) when no attention mask is given and no KV cache is used, so no
-example attends to another. Without packing a row is one example and a micro-batch
-is padded to its longest row.
+(0, 1, 2, ... restarting at every example) and its own *segment id* (its index in
+the row; padding is one more segment). The segment ids are what keeps examples
+apart: `ja_instruct.train.isolation` turns them into an explicit block-causal mask,
+or into flash-attention sequence boundaries (`collate_flat`), and checks on the
+real model that no example sees another. Without packing a row is one example and
+a micro-batch is padded to its longest row.
 
 Labels are shifted *per example* before the examples are concatenated (label of
 token t = token t+1 of the same example; the last token of an example predicts
@@ -76,33 +77,71 @@ def build_rows(examples: list[Example], max_length: int, packing: bool) -> list[
 
 
 def collate(examples: list[Example], rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Tensors of one micro-batch: ``input_ids``, ``labels`` (already shifted), ``position_ids``.
+    """Tensors of one micro-batch: ``input_ids``, ``labels`` (already shifted), ``position_ids``,
+    ``segment_ids``.
 
-    Rows are right-padded to the longest row of the micro-batch. Padding gets label -100 and
-    position ids that restart at 0, so it forms its own block that no real token attends to.
+    Rows are right-padded to the longest row of the micro-batch. ``segment_ids`` numbers the
+    examples of each row 0, 1, ...; padding gets the next number, label -100 and position ids
+    that restart at 0, so it forms its own segment that no real token attends to.
     """
-    ids, labels, pos = [], [], []
+    ids, labels, pos, seg = [], [], [], []
     for row in rows:
-        r_ids, r_lab, r_pos = [], [], []
-        for i in row:
+        r_ids, r_lab, r_pos, r_seg = [], [], [], []
+        for k, i in enumerate(row):
             ex = examples[i]
             r_ids += ex.input_ids
             r_lab += ex.shifted_labels
             r_pos += list(range(len(ex.input_ids)))
+            r_seg += [k] * len(ex.input_ids)
         ids.append(r_ids)
         labels.append(r_lab)
         pos.append(r_pos)
+        seg.append(r_seg)
     width = max(len(r) for r in ids)
-    for r_ids, r_lab, r_pos in zip(ids, labels, pos):
+    for row, r_ids, r_lab, r_pos, r_seg in zip(rows, ids, labels, pos, seg):
         n = width - len(r_ids)
         r_ids += [pad_id] * n
         r_lab += [IGNORE_INDEX] * n
         r_pos += list(range(n))
+        r_seg += [len(row)] * n
     return {
         "input_ids": torch.tensor(ids, dtype=torch.long),
         "labels": torch.tensor(labels, dtype=torch.long),
         "position_ids": torch.tensor(pos, dtype=torch.long),
+        "segment_ids": torch.tensor(seg, dtype=torch.long),
     }
+
+
+def collate_flat(examples: list[Example], rows: list[list[int]]) -> dict:
+    """One micro-batch flattened into a single row without padding, for flash-attention varlen.
+
+    Every example of every row is concatenated, in row order, into a ``[1, total]`` row with
+    restarting ``position_ids`` and the sequence boundaries ``cu_seq_lens_q/k`` (int32) and
+    ``max_length_q/k`` (int): exactly what transformers' ``DataCollatorWithFlattening(
+    return_flash_attn_kwargs=True)`` produces (it is used here), which transformers passes to
+    ``flash_attn_varlen_func``. ``labels`` are this module's per-example shifted labels.
+    """
+    from transformers import DataCollatorWithFlattening
+
+    order = [examples[i] for row in rows for i in row]
+    flat = DataCollatorWithFlattening(return_flash_attn_kwargs=True)(
+        [{"input_ids": ex.input_ids} for ex in order], return_tensors="pt")
+    # The collator's labels assume the model shifts them itself; this loop's loss does not.
+    flat["labels"] = torch.tensor([[t for ex in order for t in ex.shifted_labels]], dtype=torch.long)
+    return flat
+
+
+def example_spans(examples: list[Example], rows: list[list[int]], flat: bool) -> list[tuple[int, int, int, int]]:
+    """Where each example of a micro-batch lies in the collated tensors: ``(example, row, start,
+    length)``, for `collate` (``flat=False``) or `collate_flat` (``flat=True``: all in row 0)."""
+    spans, start = [], 0
+    for r, row in enumerate(rows):
+        start = start if flat else 0
+        for i in row:
+            n = len(examples[i].input_ids)
+            spans.append((i, 0 if flat else r, start, n))
+            start += n
+    return spans
 
 
 class StepSampler:
