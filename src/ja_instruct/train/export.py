@@ -7,8 +7,11 @@ What a user needs to run the model with nothing but transformers:
 * the tokenizer, with the recipe's prompt format installed as its chat template, so
   ``tokenizer.apply_chat_template`` renders exactly the training prompt;
 * ``generation_config.json`` with the PLaMo card's sampling defaults;
-* ``README.md``, a model card: base model, training sources and their licences, the
-  examples kept whole / truncated / dropped at tokenisation (and why), hyper-parameters;
+* ``README.md``, a model card that states what happened: the base model's hub id and
+  licence (front matter ``base_model`` and ``license``), training sources and their
+  licences, the examples kept whole / truncated / dropped at tokenisation (and why), the
+  optimiser steps, epochs (a fraction when ``max_steps`` stopped the run) and tokens
+  actually trained, and the hyper-parameters;
 * ``.complete``: a marker written last, holding the fingerprint of the train manifest
   that describes this folder (`ja_instruct.train.identity.final_is_complete`).
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -173,6 +177,86 @@ def _heldout_note(stats: dict) -> list[str]:
     return ["", f"{n} further examples were held out of training for evaluation (`data.heldout`)."] if n else []
 
 
+# Where each embedded model comes from: (hub id, licence). The licence is also the GGUF's own
+# ``general.license`` (apache-2.0 for SmolLM2). Belongs beside `ja_instruct.models.EMBEDDED_MODELS`.
+EMBEDDED_ORIGINS = {"smollm2-135m-instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
+
+
+def base_model_origin(model: str, model_path: str | None = None) -> tuple[str | None, str | None]:
+    """``(hub id, licence)`` of a recipe's base model, each None when unknown (nothing is downloaded).
+
+    An embedded model maps to its origin (`EMBEDDED_ORIGINS`); a hub id is its own hub id, with
+    the licence of its model card when the local HF cache has it; a local folder has a hub id
+    only when it is a hub cache snapshot (``models--org--name/snapshots/<sha>``), and the
+    licence of its own README.md front matter (an export of ours has one)."""
+    if model.startswith("embedded:"):
+        return EMBEDDED_ORIGINS.get(model[len("embedded:"):], (None, None))
+    local = Path(model_path or model).expanduser()
+    if local.is_dir():
+        parts = local.resolve().parts
+        hub = next((p[len("models--"):].replace("--", "/", 1) for p in parts if p.startswith("models--")), None)
+        return hub, _card_license(local / "README.md")
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        readme = try_to_load_from_cache(model, "README.md")
+    except Exception:  # not a valid repo id: nothing to read
+        readme = None
+    return model, _card_license(Path(readme)) if isinstance(readme, str) else None
+
+
+def _card_license(readme: Path) -> str | None:
+    """The ``license`` of a model card's YAML front matter, if it has one."""
+    from huggingface_hub import metadata_load
+
+    try:
+        lic = (metadata_load(readme) or {}).get("license") if readme.is_file() else None
+    except Exception:  # a card with broken front matter: the licence is unknown
+        return None
+    return str(lic) if lic else None
+
+
+def front_matter(cfg: TrainConfig, hub_id: str | None, licence: str | None) -> str:
+    """The card's YAML metadata (huggingface_hub's `ModelCardData`): ``base_model`` only when it
+    is a real hub id, and ``license`` always (``other`` + ``license_name: unknown`` when unknown)."""
+    from huggingface_hub import ModelCardData
+
+    data = ModelCardData(library_name="transformers", base_model=hub_id, license=licence or "other",
+                         license_name=None if licence else "unknown", language=["ja"],
+                         tags=["ja-instruct", "sft"] + (["lora"] if cfg.lora.enabled else []))
+    return f"---\n{data.to_yaml()}\n---"
+
+
+def training_length(cfg: TrainConfig, trained: dict[str, Any] | None) -> list[str]:
+    """"## Training length": the optimiser steps actually taken, the epochs they make (a
+    fraction when ``max_steps`` stopped the run), examples per step and the tokens trained.
+
+    ``trained`` holds ``steps``, ``steps_per_epoch``, ``rows`` (training rows of an epoch),
+    ``examples`` (examples in them) and the ``tokens`` and ``supervised_tokens`` the loop
+    counted; the section says what is missing rather than guess it."""
+    lines = ["## Training length", ""]
+    t = trained or {}
+    steps, per_epoch = t.get("steps"), t.get("steps_per_epoch")
+    if not steps or not per_epoch:
+        return lines + [f"Configured: {cfg.epochs} epoch(s)"
+                        + (f", at most {cfg.max_steps} steps" if cfg.max_steps else "")
+                        + f"; steps taken: {steps if steps else 'not recorded'}.", ""]
+    full = cfg.epochs * per_epoch
+    stop = (f" (`max_steps: {cfg.max_steps}` stopped the run; the configured {cfg.epochs} epoch(s) are {full} "
+            "steps)") if steps < full else ""
+    rows, examples = t.get("rows"), t.get("examples")
+    lines += ["| | |", "|---|---|", f"| optimiser steps | {steps}{stop} |",
+              f"| epochs trained | {steps / per_epoch:.3f} ({steps} steps of {per_epoch} per epoch) |"]
+    if rows and examples:
+        per_step = cfg.global_batch_size * examples / rows
+        lines += [f"| per step | {cfg.global_batch_size} rows{' (packed)' if cfg.packing else ''} = "
+                  f"{per_step:,.1f} examples on average |",
+                  f"| examples seen | {steps * per_step:,.0f} (repeats counted; the training set holds {examples:,}) |"]
+    if t.get("tokens") is not None:
+        lines.append(f"| tokens trained | {t['tokens']:,} ({t.get('supervised_tokens', 0):,} supervised) |")
+    return lines + [""]
+
+
 def _examples_section(cfg: TrainConfig, counts: dict | None) -> list[str]:
     """"## Training examples": what tokenisation kept whole, truncated and dropped, and why.
     ``counts`` is `ja_instruct.data.tokenize.example_counts` (absent: the section says so)."""
@@ -196,17 +280,14 @@ def _examples_section(cfg: TrainConfig, counts: dict | None) -> list[str]:
 def model_card(cfg: TrainConfig, card: dict) -> str:
     """README.md of the exported model: what it is, what it was trained on, how."""
     stats = card.get("stats", {})
+    hub_id, licence = base_model_origin(cfg.model, card.get("model_path"))
+    base = f"`{hub_id}`" + (f" (recipe: `{cfg.model}`)" if hub_id != cfg.model else "") if hub_id else f"`{cfg.model}`"
     lines = [
-        "---",
-        "library_name: transformers",
-        f"base_model: {cfg.model}",
-        "language: [ja]",
-        "tags: [ja-instruct, sft]",
-        "---",
+        front_matter(cfg, hub_id, licence),
         "",
         f"# {card.get('name', 'ja-instruct model')}",
         "",
-        f"Supervised fine-tune of `{cfg.model}` made with ja-instruct "
+        f"Supervised fine-tune of {base}, licence {licence or 'unknown (check the base model)'}, made with ja-instruct "
         f"({'LoRA, exported ' + cfg.lora.export if cfg.lora.enabled else 'full fine-tuning'}; "
         f"{'PyTorch FSDP2 over ' + str(card.get('world_size')) + ' ranks' if (card.get('world_size') or 1) > 1 else 'one process'}).",
         f"Prompt format: `{cfg.template}` (installed as the tokenizer's chat template).",
@@ -219,23 +300,24 @@ def model_card(cfg: TrainConfig, card: dict) -> str:
         "",
         f"Commercial use of the training data allowed: {stats.get('commercial_use_ok', 'unknown')} "
         f"(licence policy: {stats.get('licence_policy', 'unknown')}). The weights inherit the base model's "
-        "licence and the most restrictive data licence above.",
+        f"licence ({licence or 'unknown'}) and the most restrictive data licence above.",
         *_heldout_note(stats),
         "",
         *_examples_section(cfg, card.get("tokenise")),
+        *training_length(cfg, {"steps": card.get("steps"), **(card.get("trained") or {})}),
         "## Hyper-parameters",
         "",
         "| key | value |",
         "|---|---|",
     ]
     hp = {
-        "epochs": cfg.epochs, "steps": card.get("steps"), "global batch (rows)": cfg.global_batch_size,
+        "epochs (configured)": cfg.epochs, "max steps": cfg.max_steps, "global batch (rows)": cfg.global_batch_size,
         "micro batch": cfg.micro_batch_size, "gradient accumulation": card.get("grad_accum"),
         "world size": card.get("world_size"), "max length": cfg.max_length, "packing": cfg.packing,
         "learning rate": cfg.lr, "warm-up ratio": cfg.warmup_ratio, "schedule": "linear warm-up, cosine decay",
         "weight decay": cfg.weight_decay, "betas": list(cfg.betas), "grad clip": cfg.grad_clip,
         "precision": card.get("dtype"), "seed": card.get("seed"), "examples": card.get("examples"),
-        "supervised tokens": card.get("supervised_tokens"),
+        "supervised tokens per epoch": card.get("supervised_tokens"),
     }
     if cfg.lora.enabled:
         hp.update({"lora r": cfg.lora.r, "lora alpha": cfg.lora.alpha, "lora dropout": cfg.lora.dropout,

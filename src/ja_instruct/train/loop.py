@@ -44,6 +44,9 @@ class Fitted:
     total_steps: int
     dtype: torch.dtype
     start_step: int
+    steps_per_epoch: int = 0
+    rows: int = 0
+    seen: dict | None = None  # tokens and supervised tokens actually trained (over all ranks)
 
 
 def fit(p: Prepared, out: Path, run_dir: Path, run: str, d: Dist, *,
@@ -67,6 +70,9 @@ def fit(p: Prepared, out: Path, run_dir: Path, run: str, d: Dist, *,
         log.info("train: %d examples -> %d rows of <= %d tokens (%.1f%% padding); %d steps/epoch, %d steps",
                  len(p.examples), len(rows), cfg.max_length, 100 * (1 - n_tok / (len(rows) * cfg.max_length))
                  if cfg.packing else float("nan"), sampler.steps_per_epoch, total_steps)
+        from ja_instruct.train.plan import step_summary
+
+        log.info("train: per step %s", step_summary(len(p.examples), len(rows), n_tok, cfg.global_batch_size))
         log.info("train: global batch %d rows = micro batch %d x grad accum %d x world size %d; %s on %s",
                  cfg.global_batch_size, cfg.micro_batch_size, p.grad_accum, d.world_size,
                  str(dtype).replace("torch.", ""), d.device)
@@ -163,7 +169,8 @@ def fit(p: Prepared, out: Path, run_dir: Path, run: str, d: Dist, *,
         metrics.close()
     if tb is not None:
         tb.close()
-    return Fitted(model=model, total_steps=total_steps, dtype=dtype, start_step=start_step)
+    return Fitted(model=model, total_steps=total_steps, dtype=dtype, start_step=start_step,
+                  steps_per_epoch=sampler.steps_per_epoch, rows=len(rows), seen=dict(seen))
 
 
 def _clip(model: torch.nn.Module, max_norm: float | None) -> float:

@@ -162,7 +162,11 @@ def _train(cfg: TrainConfig, dataset_dir: Path, out: Path, seed: int, run_name: 
     manifest = make_manifest(STAGE, hashed, inputs, outputs={"final": FINAL}, details=details)
     card = {"name": run_name, "stats": p.dataset_stats, "steps": fitted.total_steps, "grad_accum": p.grad_accum,
             "world_size": d.world_size, "dtype": dtype, "seed": seed, "examples": len(p.examples),
-            "supervised_tokens": p.token_stats.get("supervised_tokens"), "tokenise": counts}
+            "supervised_tokens": p.token_stats.get("supervised_tokens"), "tokenise": counts,
+            "trained": {"steps": fitted.total_steps, "steps_per_epoch": fitted.steps_per_epoch, "rows": fitted.rows,
+                        "examples": len(p.examples), "tokens": (fitted.seen or {}).get("tokens"),
+                        "supervised_tokens": (fitted.seen or {}).get("supervised_tokens")},
+            "model_path": p.model_path}
     export_final(fitted.model, cfg, p.model_path, p.tokenizer, cfg.template, out, d, card, manifest.fingerprint)
     if d.is_main:
         removed = ckpt.prune_other_runs(run_dir.parent, keep=run)
