@@ -1,6 +1,7 @@
 # ja-instruct: two commands on a fresh machine.
 #   make demo   set up .venv, then run the whole pipeline on the embedded default (CPU, ~15 min)
 #   make test   set up .venv, then run the test suite
+#   make test-vllm  vLLM (its own .venv-vllm) against the hf backend (mk/vllm.mk)
 #
 # On a CPU machine torch is pinned to 2.13.0 through constraints-cpu.txt (an unpinned
 # torch pulls a multi-GB CUDA build). GPU users pick their own torch:
@@ -43,4 +44,7 @@ docs: $(STAMP)
 	$(PY) -m ja_instruct.config --write docs/recipes.md
 
 clean:
-	rm -rf $(VENV) runs .cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .cache
+
+# make test-vllm: vLLM in its own virtualenv, checked against the hf backend
+include mk/vllm.mk

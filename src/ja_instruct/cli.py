@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "judge": "ja_instruct.judge.cli",
     "report": "ja_instruct.report.cli",
     "run": "ja_instruct.pipeline",
+    "serve": "ja_instruct.serve",
 }
 
 

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from ja_instruct.errors import UserError
-from ja_instruct.generate.backends import OpenAIBackend, SamplingParams
+from ja_instruct.generate.backends import OpenAIBackend, SamplingParams, openai_extras, sends_extra
 from ja_instruct.generate.config import ModelSpec
 from ja_instruct.generate.run import run_generation
 from ja_instruct.io import read_jsonl_store
@@ -120,7 +120,7 @@ def test_truncation_bad_key_and_missing_key(monkeypatch):
         monkeypatch.setenv("MY_TEST_KEY", "sk-test")
         [g] = OpenAIBackend(spec, None).generate([[{"role": "user", "content": "こんにちは"}]],
                                                  SamplingParams(max_new_tokens=4))
-        assert g.truncated and "top_k" not in s.requests[-1]  # top_k only with send_top_k
+        assert g.truncated and s.requests[-1]["top_k"] == 50  # a local server gets top_k by default
         monkeypatch.setenv("MY_TEST_KEY", "sk-wrong")
         with pytest.raises(UserError, match="AuthenticationError 401"):
             OpenAIBackend(spec, None).generate([[{"role": "user", "content": "x"}]], SamplingParams())
@@ -131,6 +131,106 @@ def test_truncation_bad_key_and_missing_key(monkeypatch):
             OpenAIBackend.check(remote, None)
     finally:
         s.close()
+
+
+# What each server kind must receive for top_k 20 and penalty 1.1 when sampling (their own names and
+# defaults: llama.cpp penalises a 64-token window and cuts at top_k 40 / min_p 0.05 unless told).
+EXPECTED_EXTRAS = {
+    "vllm": {"top_k": 20, "repetition_penalty": 1.1},
+    "llama.cpp": {"top_k": 20, "repeat_penalty": 1.1, "repeat_last_n": -1, "min_p": 0.0},
+    "transformers": {"generation_config": {"top_k": 20, "repetition_penalty": 1.1, "do_sample": True}},
+}
+
+
+@pytest.fixture
+def keyed(monkeypatch):
+    """A ChatServer, and the environment variable (MY_TEST_KEY) holding its key."""
+    monkeypatch.setenv("MY_TEST_KEY", "sk-test")
+    s = ChatServer(delay=0.0)
+    yield s
+    s.close()
+
+
+@pytest.mark.parametrize("kind", sorted(EXPECTED_EXTRAS))
+def test_sampling_settings_reach_the_server(kind, keyed, caplog):
+    s = keyed
+    spec = ModelSpec(id="m", backend="openai", base_url=s.url, server=kind, max_retries=0, api_key_env="MY_TEST_KEY")
+    OpenAIBackend(spec, None).generate([[{"role": "user", "content": "こんにちは"}]],
+                                       SamplingParams(temperature=0.7, top_k=20, repetition_penalty=1.1))
+    body = s.requests[-1]
+    extras = {k: v for k, v in body.items() if k not in ("model", "messages", "temperature", "top_p",
+                                                              "max_tokens", "seed")}
+    if "generation_config" in extras:
+        extras["generation_config"] = json.loads(extras["generation_config"])
+    assert extras == EXPECTED_EXTRAS[kind]
+    assert body["temperature"] == 0.7 and body["top_p"] == 0.95
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]  # everything was sent
+
+
+def test_greedy_sends_the_penalty_even_at_one(keyed):
+    s = keyed
+    spec = ModelSpec(id="m", backend="openai", base_url=s.url, max_retries=0, api_key_env="MY_TEST_KEY")
+    OpenAIBackend(spec, None).generate([[{"role": "user", "content": "x"}]],
+                                       SamplingParams(temperature=0.0, repetition_penalty=1.0))
+    # the server's own default (llama.cpp's was 1.1) must not stand in for the recipe's 1.0;
+    # top_k cannot change a greedy answer and stays out
+    assert s.requests[-1]["repetition_penalty"] == 1.0 and "top_k" not in s.requests[-1]
+
+
+def test_settings_not_sent_are_reported_once(keyed, caplog):
+    s = keyed
+    spec = ModelSpec(id="gpt", backend="openai", base_url=s.url, send_extra=False, max_retries=0,
+                     api_key_env="MY_TEST_KEY")
+    backend = OpenAIBackend(spec, None)
+    params = SamplingParams(temperature=0.7, top_k=20, repetition_penalty=1.1)
+    with caplog.at_level("WARNING"):
+        for _ in range(2):
+            backend.generate([[{"role": "user", "content": "x"}], [{"role": "user", "content": "y"}]], params)
+    assert len(s.requests) == 4
+    assert not any(k in r for r in s.requests for k in ("top_k", "repetition_penalty", "repeat_penalty",
+                                                        "generation_config"))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "top_k=20" in warnings[0] and "repetition_penalty=1.1" in warnings[0]
+    assert openai_extras(spec, params).not_sent == ("top_k", "repetition_penalty")
+    # what OpenAI's API does anyway is not "not sent": no top_k cut, no penalty, or greedy decoding
+    assert openai_extras(spec, SamplingParams(temperature=0.7, top_k=0, repetition_penalty=1.0)).not_sent == ()
+    assert openai_extras(spec, SamplingParams(temperature=0.0, top_k=20, repetition_penalty=1.0)).not_sent == ()
+
+
+@pytest.mark.parametrize(("base_url", "send_extra", "send_top_k", "expected"), [
+    (None, None, False, False),                                  # the SDK's default: api.openai.com
+    ("https://api.openai.com/v1", None, False, False),
+    ("https://x.openai.azure.com/openai", None, False, False),
+    ("http://127.0.0.1:8000/v1", None, False, True),
+    ("https://api.together.xyz/v1", None, False, True),
+    ("https://api.openai.com/v1", True, False, True),            # the user's word wins
+    ("http://127.0.0.1:8000/v1", False, False, False),
+    ("https://api.openai.com/v1", None, True, True),             # the older key still means "send"
+])
+def test_who_gets_extra_settings(base_url, send_extra, send_top_k, expected):
+    spec = ModelSpec(id="m", backend="openai", base_url=base_url, send_extra=send_extra, send_top_k=send_top_k)
+    assert sends_extra(spec) is expected
+
+
+def test_answer_records_say_what_was_not_sent(keyed, tmp_path):
+    s = keyed
+    q = tmp_path / "q.jsonl"
+    q.write_text(json.dumps({"question_id": 1, "category": "地理", "turns": ["質問"]}, ensure_ascii=False) + "\n",
+                 encoding="utf-8")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"name: t\nout_dir: {tmp_path / 'run'}\ngenerate:\n  questions: {q}\n  temperature: 0.0\n"
+        f"  repetition_penalty: 1.1\n  models:\n"
+        f"    - {{id: local, backend: openai, base_url: '{s.url}', api_key_env: MY_TEST_KEY}}\n"
+        f"    - {{id: strict, backend: openai, base_url: '{s.url}', api_key_env: MY_TEST_KEY, send_extra: false}}\n",
+        encoding="utf-8")
+    out = run_generation(load_recipe(recipe))
+    local = read_jsonl_store(out / "local.jsonl")[0]["generation"]
+    strict = read_jsonl_store(out / "strict.jsonl")[0]["generation"]
+    assert local["repetition_penalty"] == 1.1 and "not_sent" not in local
+    assert strict["repetition_penalty"] == 1.1 and strict["not_sent"] == ["repetition_penalty"]
+    sent = [r.get("repetition_penalty") for r in s.requests]
+    assert sorted(sent, key=str) == [1.1, None]  # one request each; only `local` carried it
 
 
 def _free_port() -> int:
@@ -174,11 +274,17 @@ def test_transformers_serve_with_tiny_model(tiny_model_dir, tmp_path):
                 pytest.skip(f"`transformers serve` did not start: {proc.stderr.read().decode()[-300:] if proc.poll() is not None else 'timeout'}")
             time.sleep(0.5)
         spec = ModelSpec(id="served", backend="openai", path=str(model_dir), base_url=f"http://127.0.0.1:{port}/v1",
-                         concurrency=2, max_retries=0, timeout=60)
+                         concurrency=2, max_retries=0, timeout=60, server="transformers")
         gens = OpenAIBackend(spec, None).generate(
             [[{"role": "user", "content": "日本の首都は？"}], [{"role": "user", "content": "富士山"}]],
             SamplingParams(temperature=0.0, max_new_tokens=5))
         assert len(gens) == 2 and all(g.n_tokens is None or g.n_tokens <= 6 for g in gens)
+        # the penalty reaches the model through `generation_config` (the server refuses unknown fields with
+        # 422): a random model repeats itself greedily, and a strong penalty changes that
+        conv = [[{"role": "user", "content": "日本の首都は？"}]]
+        plain, penalised = (OpenAIBackend(spec, None).generate(conv, SamplingParams(
+            temperature=0.0, max_new_tokens=24, repetition_penalty=p))[0].text for p in (1.0, 50.0))
+        assert plain != penalised
     finally:
         proc.terminate()
         proc.wait(timeout=20)

@@ -13,6 +13,8 @@ A backend answers a batch of conversations with one set of sampling params::
 * ``openai``: any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, llama.cpp,
   ``transformers serve``), ``openai.AsyncOpenAI`` with a semaphore as concurrency limit;
   the SDK retries 429/5xx/time-outs with exponential back-off, honouring Retry-After.
+  Settings OpenAI's API lacks (top_k, repetition penalty) go in ``extra_body`` under the
+  server's own names (`openai_extras`), or are reported as not sent.
 * ``vllm``: local vLLM (imported only when used), fed the same prompt ids as ``hf``.
 * ``fake``: deterministic canned Japanese answers, for tests and CI.
 
@@ -205,6 +207,70 @@ def _is_local(url: str | None) -> bool:
     return host in ("127.0.0.1", "localhost", "::1", "0.0.0.0")
 
 
+def _is_openai_api(url: str | None) -> bool:
+    """Whether ``url`` is OpenAI's own API (None: the SDK's default), which answers 400 to unknown parameters."""
+    host = (urlparse(url).hostname or "") if url else "api.openai.com"
+    return host == "api.openai.com" or host.endswith(".openai.azure.com")
+
+
+def sends_extra(spec: ModelSpec) -> bool:
+    """Whether the openai backend sends the settings OpenAI's API lacks (see `ModelSpec.send_extra`)."""
+    if spec.send_extra is not None:
+        return spec.send_extra
+    return spec.send_top_k or not _is_openai_api(spec.base_url)
+
+
+@dataclass(frozen=True)
+class OpenAIExtras:
+    """The sampling settings beyond OpenAI's own parameters, for one request of the openai backend.
+
+    Attributes:
+        body: what goes in ``extra_body`` (the server's own names, see `ModelSpec.server`).
+        sent: our names of the settings ``body`` carries (``top_k``, ``repetition_penalty``).
+        not_sent: our names of the settings that would change the answer but are not sent.
+    """
+
+    body: dict
+    sent: tuple[str, ...]
+    not_sent: tuple[str, ...]
+
+
+def openai_extras(spec: ModelSpec, params: SamplingParams) -> OpenAIExtras:
+    """What an openai-backend request sends for ``params`` beyond temperature, top_p, max_tokens, seed and stop.
+
+    The repetition penalty is always sent when extras are (1.0 included): servers have their own
+    defaults (llama.cpp's was 1.1) and the recipe's value must win. top_k only matters when sampling.
+    Without extras, a setting is listed in ``not_sent`` when OpenAI's API behaves differently from
+    it: a penalty other than 1.0, or a top_k cut (> 0) when sampling.
+    """
+    sampling = params.temperature > 0
+    penalty = params.repetition_penalty
+    if not sends_extra(spec):
+        missing = (("top_k",) if sampling and params.top_k > 0 else ()) + \
+            (("repetition_penalty",) if penalty != 1.0 else ())
+        return OpenAIExtras({}, (), missing)
+    sent = ("top_k", "repetition_penalty") if sampling else ("repetition_penalty",)
+    if spec.server == "llama.cpp":
+        # llama.cpp penalises only the last 64 tokens by default (HF and vLLM: prompt and answer); -1 = whole
+        # context. Its top_k 40 and min_p 0.05 defaults would cut what hf samples from.
+        body: dict[str, Any] = {"repeat_penalty": penalty, "repeat_last_n": -1}
+        if sampling:
+            body.update(top_k=params.top_k, min_p=0.0)
+    elif spec.server == "transformers":
+        # `transformers serve` answers 422 to any field outside its schema; its `generation_config` (JSON)
+        # takes any GenerationConfig key, unset ones falling back to the model's own. do_sample is explicit
+        # because the serve code sets it only for temperature 0.
+        cfg: dict[str, Any] = {"repetition_penalty": penalty, "do_sample": sampling}
+        if sampling:
+            cfg["top_k"] = params.top_k
+        body = {"generation_config": json.dumps(cfg, sort_keys=True)}
+    else:  # vllm: its sampling params by their own names; -1 disables top_k (as in VLLMBackend)
+        body = {"repetition_penalty": penalty}
+        if sampling:
+            body["top_k"] = params.top_k or -1
+    return OpenAIExtras(body, sent, ())
+
+
 class OpenAIBackend:
     """An OpenAI-compatible chat-completions endpoint, ``concurrency`` requests in flight."""
 
@@ -226,8 +292,10 @@ class OpenAIBackend:
         self.model = model_path or spec.path or spec.id
         self.key = self.api_key(spec)
         self.chunk_size = spec.concurrency * 4
+        self._warned: set[str] = set()  # settings already reported as not sent (once per model)
 
-    async def _one(self, client: Any, sem: asyncio.Semaphore, conv: list[dict], params: SamplingParams) -> Generation:
+    async def _one(self, client: Any, sem: asyncio.Semaphore, conv: list[dict], params: SamplingParams,
+                   extras: OpenAIExtras) -> Generation:
         import openai
 
         from ja_instruct.data.templates import merge_input_messages
@@ -237,30 +305,43 @@ class OpenAIBackend:
                                   max_tokens=params.max_new_tokens, seed=params.seed)
         if params.stop:
             kw["stop"] = list(params.stop)[:4]  # the API accepts at most 4
-        if self.spec.send_top_k and params.top_k:
-            kw["extra_body"] = {"top_k": params.top_k}
+        if extras.body:
+            kw["extra_body"] = extras.body
         async with sem:
             try:
                 resp = await client.chat.completions.create(**kw)
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError,
-                    openai.BadRequestError) as e:
+                    openai.BadRequestError, openai.UnprocessableEntityError) as e:
+                hint = "Check base_url, the model name (path) and the API key."
+                if extras.body:
+                    hint += (f" It was also sent {', '.join(sorted(extras.body))} (server: {self.spec.server}): "
+                             "set `server` to what serves base_url, or `send_extra: false`.")
                 raise UserError(f"endpoint refused model '{self.spec.id}': {type(e).__name__} {e.status_code}: "
-                                f"{str(e.message)[:200]}", field="generate.models",
-                                hint="Check base_url, the model name (path) and the API key.") from None
+                                f"{str(e.message)[:200]}", field="generate.models", hint=hint) from None
         choice = resp.choices[0]
         text = choice.message.content or ""
         text, _ = apply_stop(text, params.stop)  # servers that ignore `stop`
         n = getattr(resp.usage, "completion_tokens", None) if resp.usage else None
-        return Generation(text=text.strip(), n_tokens=n, truncated=choice.finish_reason == "length")
+        truncated = choice.finish_reason == "length"
+        if truncated:  # `transformers serve` ends a cut answer in U+FFFD (half a character); hf and vLLM drop it
+            text = text.rstrip("\ufffd")
+        return Generation(text=text.strip(), n_tokens=n, truncated=truncated)
 
     async def _all(self, conversations: list[list[dict]], params: SamplingParams) -> list[Generation]:
         import openai
 
+        extras = openai_extras(self.spec, params)
+        new = [k for k in extras.not_sent if k not in self._warned]
+        if new:
+            self._warned.update(new)
+            log.warning("%s: %s not sent to %s (OpenAI's API takes no such parameter; set `send_extra: true` if "
+                        "this endpoint does); its answers list them under generation.not_sent", self.spec.id,
+                        ", ".join(f"{k}={getattr(params, k)}" for k in new), self.spec.base_url or "api.openai.com")
         client = openai.AsyncOpenAI(base_url=self.spec.base_url, api_key=self.key,
                                     max_retries=self.spec.max_retries, timeout=self.spec.timeout)
         try:
             sem = asyncio.Semaphore(self.spec.concurrency)
-            return list(await asyncio.gather(*(self._one(client, sem, c, params) for c in conversations)))
+            return list(await asyncio.gather(*(self._one(client, sem, c, params, extras) for c in conversations)))
         finally:
             await client.close()
 
@@ -293,8 +374,8 @@ class VLLMBackend:
 
         self.spec = spec
         self.chunk_size = max(spec.batch_size, 64)  # vLLM schedules its own batches
-        self.llm = LLM(model=resolve_model(model_path or spec.path or spec.id), dtype=spec.dtype,
-                       trust_remote_code=spec.trust_remote_code)
+        self.llm = LLM(**{"model": resolve_model(model_path or spec.path or spec.id), "dtype": spec.dtype,
+                          "trust_remote_code": spec.trust_remote_code, **spec.vllm_args})
         self.tokenizer = self.llm.get_tokenizer()
         self.template = get_template(spec.template, self.tokenizer)
         self.detok = SafeDecoder(self.tokenizer)

@@ -16,7 +16,7 @@ generate:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -70,6 +70,9 @@ class ModelSpec(StrictModel):
     """hf: torch device (`cpu`, `cuda`, `cuda:1`); default cuda when available, else cpu."""
     batch_size: int = Field(default=8, ge=1)
     """hf/vllm: prompts per forward batch (sorted by length, left padded)."""
+    vllm_args: dict[str, Any] = {}
+    """vllm: further keyword arguments of `vllm.LLM`, e.g. `{max_model_len: 4096, gpu_memory_utilization: 0.8,
+    tensor_parallel_size: 2}`, or `{enforce_eager: true}` to skip the minutes of torch.compile on a CPU."""
     stop: list[str] = []
     """Strings that end an answer (the text is cut at the first one), e.g. `"\\n\\n### 指示:"`."""
     base_url: str | None = None
@@ -84,8 +87,31 @@ class ModelSpec(StrictModel):
     """openai: retries per request on 429, 5xx, connection errors and time-outs (exponential back-off)."""
     timeout: float = Field(default=300.0, gt=0)
     """openai: seconds before one request times out."""
+    send_extra: bool | None = None
+    """openai: send the sampling settings that OpenAI's API lacks (`top_k`, `repetition_penalty`) in the request
+    body, under the names `server` reads. null: send them unless `base_url` is OpenAI's own API (unset,
+    api.openai.com or *.openai.azure.com), which refuses unknown parameters. A setting that changes the answer
+    but is not sent (a repetition penalty other than 1.0; top_k when sampling) is listed in each answer's
+    `generation.not_sent` and logged once per model."""
+    server: Literal["vllm", "llama.cpp", "transformers"] = "vllm"
+    """openai with extras sent: what serves `base_url`, which decides their names. `vllm` (`ja-instruct serve`
+    with vLLM; also SGLang and most hosted OpenAI-compatible APIs): `top_k`, `repetition_penalty`.
+    `llama.cpp` (`llama-server`): `top_k`, `repeat_penalty` over the whole context, `min_p: 0` (its defaults
+    are top_k 40, min_p 0.05 and a 64-token window). `transformers` (`transformers serve`, which refuses unknown
+    fields): a `generation_config` JSON."""
     send_top_k: bool = False
-    """openai: also send `top_k` (vLLM, llama.cpp and `transformers serve` accept it; OpenAI's API rejects it)."""
+    """openai: deprecated, kept so older recipes load: `true` sends the extra settings like `send_extra: true`
+    unless `send_extra` is set."""
+
+    @field_validator("vllm_args")
+    @classmethod
+    def _vllm_args_not_ours(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # These have their own keys, which the answers' fingerprints record.
+        taken = sorted(set(value) & {"model", "dtype", "trust_remote_code", "tokenizer"})
+        if taken:
+            raise ValueError(f"set {', '.join(taken)} with the model's own keys (path, dtype, trust_remote_code), "
+                             "not in vllm_args")
+        return value
 
     @field_validator("api_key_env")
     @classmethod

@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ja_instruct.generate.backends import SamplingParams
+from ja_instruct.generate.backends import SamplingParams, openai_extras
 from ja_instruct.generate.config import TRAINED, ModelSpec
 from ja_instruct.generate.questions import Question
 from ja_instruct.io import stable_hash
@@ -82,8 +82,9 @@ def is_hub_model(spec: ModelSpec, model_path: str | None) -> bool:
 def generation_settings(spec: ModelSpec, params: SamplingParams) -> dict[str, Any]:
     """Every setting that changes an answer of ``spec`` sampled with ``params``.
 
-    Only what the backend uses: an OpenAI-compatible endpoint gets no repetition penalty,
-    no prompt template, and top_k only with ``send_top_k``; greedy local decoding (temperature 0)
+    Only what the backend uses: an OpenAI-compatible endpoint gets no prompt template, and
+    top_k / repetition_penalty only when they are sent (``send_extra``; a setting the recipe has
+    but the endpoint could not be sent is recorded as ``not_sent``); greedy local decoding (temperature 0)
     ignores the seed, top_p and top_k; performance knobs (batch size, concurrency, device) are
     not settings.
     """
@@ -96,9 +97,14 @@ def generation_settings(spec: ModelSpec, params: SamplingParams) -> dict[str, An
             for key in ("seed", "top_p", "top_k"):
                 del s[key]
     elif spec.backend == "openai":
-        del s["repetition_penalty"]
-        if not spec.send_top_k:
-            del s["top_k"]
+        extras = openai_extras(spec, params)
+        for key in ("top_k", "repetition_penalty"):  # neither sent nor missed: cannot change the answer
+            if key not in extras.sent and key not in extras.not_sent:
+                del s[key]
+        if extras.sent:
+            s["server"] = spec.server  # the names they went under
+        if extras.not_sent:
+            s["not_sent"] = list(extras.not_sent)
     return s
 
 
