@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, model_serializer, model_validator
 
 from ja_instruct.config import StrictModel
 
@@ -85,9 +85,27 @@ class TrainConfig(StrictModel):
     """Rows per forward/backward pass on one rank."""
     grad_accum: int | None = Field(None, ge=1)
     """Micro-batches accumulated per optimiser step on one rank; default: derived from
-    ``global_batch_size / (micro_batch_size * world size)``."""
+    ``global_batch_size / (micro_batch_size * world size)``. Only with ``batch_unit: rows``: in
+    the other units the number of rows, so of micro-batches, varies from step to step."""
+    batch_unit: Literal["rows", "examples", "tokens"] = "rows"
+    """What ``global_batch_size`` counts. ``examples``: conversations per optimiser step, what
+    Alpaca, PLaMo and HF-Trainer-style recipes mean by batch size (per-device batch x
+    accumulation x GPUs); ``tokens``: tokens per step (padding not counted); ``rows`` (default,
+    the meaning of earlier versions): training rows. With ``packing`` a row of ``max_length``
+    tokens holds many examples (dozens at 8192), so 128 rows is far more than 128 examples.
+    With ``examples`` or ``tokens`` each epoch's shuffled examples are cut into
+    round(epoch total / global_batch_size) steps of equal size, give or take one example,
+    and each step is packed on its own into rows (rows packed over the whole dataset hold
+    anything from one long example to hundreds of short ones, so whole rows could not make
+    even steps). Every example is trained once per epoch; the steps do not depend on the
+    number of GPUs. A step's rows are shared over the ranks (a row is cut between examples
+    when there are fewer rows than ranks x micro-batches), so the micro-batches per rank vary
+    from step to step. The run log and ``train --plan`` print the steps and the rows,
+    examples and tokens per step."""
     global_batch_size: int = Field(8, ge=1)
-    """Rows per optimiser step over all ranks; must equal micro_batch_size x grad_accum x world size."""
+    """Size of one optimiser step over all ranks, in ``batch_unit`` (rows by default). With
+    ``rows`` it must equal micro_batch_size x grad_accum x world size; with ``tokens`` it must
+    be at least an average example (a step holds whole examples)."""
     epochs: int = Field(1, ge=1)
     """Passes over the dataset."""
     max_steps: int | None = Field(None, ge=1)
@@ -140,6 +158,11 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check_batch(self) -> "TrainConfig":
+        if self.batch_unit != "rows":
+            if self.grad_accum is not None:
+                raise ValueError(f"grad_accum is set, but with batch_unit {self.batch_unit} the micro-batches "
+                                 "per step vary with the rows of the step: leave grad_accum out")
+            return self
         # The world size is only known at run time; check what can be checked now.
         if self.global_batch_size % self.micro_batch_size:
             raise ValueError(f"global_batch_size {self.global_batch_size} is not a multiple of "
@@ -148,3 +171,13 @@ class TrainConfig(StrictModel):
             raise ValueError(f"global_batch_size {self.global_batch_size} is not a multiple of "
                              f"micro_batch_size x grad_accum = {self.micro_batch_size * self.grad_accum}")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_default_unit(self, handler):
+        # The default unit is what global_batch_size meant before batch_unit existed: leaving it
+        # out of the dump keeps the hashed config, so the identity (run id, manifest) of every
+        # existing run, unchanged. Loading a dump without it gives "rows" back.
+        data = handler(self)
+        if isinstance(data, dict) and self.batch_unit == "rows":
+            data.pop("batch_unit", None)
+        return data

@@ -2,8 +2,9 @@
 
     rows (packed examples) + the deterministic order -> model (+LoRA, FSDP2) -> packing
     isolation checked on that model -> AdamW + cosine -> resume from the run's latest
-    checkpoint -> for each step: micro-batches (example boundaries passed to attention),
-    loss per supervised token of the whole global batch, clip, step -> checkpoints.
+    checkpoint -> for each step: this rank's micro-batches of the step's global batch (in
+    rows, examples or tokens; example boundaries passed to attention), loss per supervised
+    token of the whole global batch, clip, step -> checkpoints.
 
 Which run, whether it is up to date, the export and the manifest are the stage's business
 (`ja_instruct.train.stage`). Run it as one process (``ja-instruct train RECIPE``) or under
@@ -30,7 +31,7 @@ from ja_instruct.train.distributed import Dist
 from ja_instruct.train.isolation import attention_layout, check_isolation
 from ja_instruct.train.model import build_model, compute_dtype, is_fsdp
 from ja_instruct.train.optim import build_optimizer, cosine_schedule
-from ja_instruct.train.packing import IGNORE_INDEX, StepSampler, build_rows
+from ja_instruct.train.packing import IGNORE_INDEX, Example, build_rows, count_steps, make_sampler
 from ja_instruct.train.prepare import Prepared
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class Fitted:
     steps_per_epoch: int = 0
     rows: int = 0
     seen: dict | None = None  # tokens and supervised tokens actually trained (over all ranks)
+    per_step: dict | None = None  # `plan.per_step_facts` of the run's steps (rank 0 only)
 
 
 def fit(p: Prepared, out: Path, run_dir: Path, run: str, d: Dist, *,
@@ -59,22 +61,37 @@ def fit(p: Prepared, out: Path, run_dir: Path, run: str, d: Dist, *,
     """
     cfg = p.cfg
     # 1. Rows (packed examples) and the deterministic order of the whole run.
-    rows = build_rows(p.examples, cfg.max_length, cfg.packing)
-    sampler = StepSampler(len(rows), cfg.global_batch_size, cfg.micro_batch_size, d.world_size, d.rank, p.seed)
+    rows = p.rows or build_rows(p.examples, cfg.max_length, cfg.packing)
+    lengths = [len(e.input_ids) for e in p.examples]
+    sampler = make_sampler(rows, lengths, cfg.batch_unit, cfg.global_batch_size, cfg.micro_batch_size,
+                           d.world_size, d.rank, p.seed, max_length=cfg.max_length, packing=cfg.packing)
     total_steps = cfg.epochs * sampler.steps_per_epoch
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
     dtype = compute_dtype(cfg, d.device)
+    per_step, epoch_rows = None, len(rows)
     if d.is_main:
-        n_tok = sum(len(e.input_ids) for e in p.examples)
-        log.info("train: %d examples -> %d rows of <= %d tokens (%.1f%% padding); %d steps/epoch, %d steps",
-                 len(p.examples), len(rows), cfg.max_length, 100 * (1 - n_tok / (len(rows) * cfg.max_length))
-                 if cfg.packing else float("nan"), sampler.steps_per_epoch, total_steps)
-        from ja_instruct.train.plan import step_summary
+        from ja_instruct.train.plan import micro_batch_summary, per_step_facts, step_summary
 
-        log.info("train: per step %s", step_summary(len(p.examples), len(rows), n_tok, cfg.global_batch_size))
-        log.info("train: global batch %d rows = micro batch %d x grad accum %d x world size %d; %s on %s",
-                 cfg.global_batch_size, cfg.micro_batch_size, p.grad_accum, d.world_size,
+        # Exact: the counts of the very steps this run takes (the order is a pure function).
+        planned = count_steps(sampler, range(total_steps))
+        if cfg.batch_unit == "rows":
+            n_tok = sum(lengths)
+            log.info("train: %d examples -> %d rows of <= %d tokens (%.1f%% padding); %d steps/epoch, %d steps",
+                     len(p.examples), len(rows), cfg.max_length, 100 * (1 - n_tok / (len(rows) * cfg.max_length))
+                     if cfg.packing else float("nan"), sampler.steps_per_epoch, total_steps)
+        else:  # packed per step: the rows of an epoch are those of its steps
+            per_epoch = sampler.steps_per_epoch
+            first = planned if total_steps >= per_epoch else count_steps(sampler, range(per_epoch))
+            epoch_rows = sum(first.rows[:per_epoch])
+            how = (f"each packed on its own into rows of <= {cfg.max_length} tokens" if cfg.packing
+                   else "one example per row")
+            log.info("train: %d examples; %d steps/epoch of about %d %s, %s (%d rows in epoch 1); %d steps",
+                     len(p.examples), per_epoch, cfg.global_batch_size, cfg.batch_unit, how, epoch_rows, total_steps)
+        per_step = per_step_facts(cfg, planned)
+        log.info("train: per step %s", step_summary(cfg.batch_unit, cfg.global_batch_size, planned))
+        log.info("train: global batch = %s; %s on %s",
+                 micro_batch_summary(cfg, planned, p.grad_accum, d.world_size, "rank(s)"),
                  str(dtype).replace("torch.", ""), d.device)
 
     # 2. Model, optimiser, schedule. The seed fixes LoRA's initialisation (and dropout).
@@ -109,14 +126,20 @@ def fit(p: Prepared, out: Path, run_dir: Path, run: str, d: Dist, *,
     # 4. The loop.
     bar = _progress(d, total_steps, step)
     t_last, tok_last = time.perf_counter(), seen["tokens"]
+    # A micro-batch that got no row (a step of fewer unsplittable rows than ranks x micro-batches)
+    # runs as one padding token without a label: under FSDP every forward/backward is a
+    # collective, so every rank must run as many; it adds nothing to the loss or the gradients.
+    empty = [Example([p.pad_id], [IGNORE_INDEX])]
     while step < total_steps:
-        mbs = sampler.micro_batches(step)
-        micro = [layout.collate(p.examples, [rows[r] for r in mb], p.pad_id) for mb in mbs]
+        mbs = sampler.micro_batch_rows(step)  # lists of rows of example indices
+        micro = [layout.collate(p.examples, mb, p.pad_id) if mb else layout.collate(empty, [[0]], p.pad_id)
+                 for mb in mbs]
         # The loss is the mean over the supervised tokens of the WHOLE global batch (all
         # micro-batches of all ranks), so long answers weigh what they weigh whatever the
-        # batching: count first, then every micro-batch adds sum(token losses) / count.
+        # batching, and however many micro-batches a step has: count first, then every
+        # micro-batch adds sum(token losses) / count.
         counts = torch.tensor([sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro),
-                               sum(len(p.examples[i].input_ids) for mb in mbs for r in mb for i in rows[r])],
+                               sum(lengths[i] for mb in mbs for row in mb for i in row)],
                               dtype=torch.float64)
         d.all_reduce_sum(counts)
         n_sup, n_tok = counts[0].item(), counts[1].item()
@@ -170,7 +193,7 @@ def fit(p: Prepared, out: Path, run_dir: Path, run: str, d: Dist, *,
     if tb is not None:
         tb.close()
     return Fitted(model=model, total_steps=total_steps, dtype=dtype, start_step=start_step,
-                  steps_per_epoch=sampler.steps_per_epoch, rows=len(rows), seen=dict(seen))
+                  steps_per_epoch=sampler.steps_per_epoch, rows=epoch_rows, seen=dict(seen), per_step=per_step)
 
 
 def _clip(model: torch.nn.Module, max_norm: float | None) -> float:

@@ -15,14 +15,20 @@ token t = token t+1 of the same example; the last token of an example predicts
 nothing), so the loss never asks an example to predict the start of the next one.
 
 The order is a pure function of (seed, epoch, step): every rank computes the same
-permutation of rows and takes its own slice, and a resumed run starting at step s
-sees exactly the batches an uninterrupted run would have seen.
+global batch of each step, then takes its own share (`rank_micro_batches`), so a resumed
+run starting at step s sees exactly the batches an uninterrupted run would have seen. A
+global batch is counted in rows (`StepSampler`: the dataset is packed once, the rows are
+shuffled) or in examples or tokens (`ExampleSampler`: the examples are shuffled, cut into
+steps, and each step is packed on its own). It never depends on the world size or the
+micro batch size, which only decide how a step is shared out.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -144,18 +150,112 @@ def example_spans(examples: list[Example], rows: list[list[int]], flat: bool) ->
     return spans
 
 
-class StepSampler:
-    """Which rows each rank trains on at each optimiser step (deterministic, resumable).
+BATCH_UNITS = ("rows", "examples", "tokens")
+
+
+def cut_steps(sizes: Sequence[int], steps: int) -> list[int]:
+    """Cut a sequence of items of ``sizes`` into ``steps`` runs of consecutive items of about
+    equal total: returns the ``steps + 1`` boundaries (0 first, ``len(sizes)`` last).
+
+    Step k ends at the first boundary where the running total reaches (k+1) x total / steps,
+    so each step holds total / steps give or take one item (an item larger than that makes a
+    step of its own: the cuts are kept strictly increasing, which needs ``steps <= len(sizes)``).
+    """
+    n = len(sizes)
+    if not 1 <= steps <= n:
+        raise ValueError(f"cannot cut {n} items into {steps} non-empty steps")
+    total = sum(sizes)
+    cum = list(itertools.accumulate(sizes, initial=0))
+    # -(-a // b) is ceil(a / b): running totals are integers, so "reaches k x total / steps"
+    # is ">= ceil(k x total / steps)", with no float rounding.
+    cuts = [0] + [bisect.bisect_left(cum, -(-k * total // steps)) for k in range(1, steps)] + [n]
+    for k in range(1, steps):
+        cuts[k] = max(cuts[k], cuts[k - 1] + 1)
+    for k in range(steps - 1, 0, -1):
+        cuts[k] = min(cuts[k], cuts[k + 1] - 1)
+    return cuts
+
+
+def split_rows(rows: list[list[int]], lengths: Sequence[int], n: int) -> list[list[int]]:
+    """``rows`` (lists of example indices) with rows cut between two examples until there are
+    ``n`` of them, or no row holds two examples. The row with the most tokens is cut first, where
+    its halves' tokens are closest; the pieces stay in place. Cutting a packed row between
+    examples changes nothing the model computes: packed examples never attend to each other
+    (`ja_instruct.train.isolation` checks it), and the loss is per supervised token."""
+    rows = [list(r) for r in rows]
+    while len(rows) < n:
+        cand = [k for k, r in enumerate(rows) if len(r) > 1]
+        if not cand:
+            break
+        k = max(cand, key=lambda j: (sum(lengths[i] for i in rows[j]), -j))
+        row = rows[k]
+        prefix = list(itertools.accumulate(lengths[i] for i in row))
+        cut = min(range(1, len(row)), key=lambda c: (abs(2 * prefix[c - 1] - prefix[-1]), c))
+        rows[k:k + 1] = [row[:cut], row[cut:]]
+    return rows
+
+
+def rank_micro_batches(rows: list[list[int]], lengths: Sequence[int], world_size: int, rank: int,
+                       micro_batch_size: int) -> list[list[list[int]]]:
+    """This rank's share of one global batch ``rows`` (lists of example indices), as micro-batches
+    of at most ``micro_batch_size`` rows.
+
+    Every rank gets the same number M = ceil(rows / (world_size x micro_batch_size)) of
+    micro-batches: under FSDP each forward and backward is a collective, so the ranks must run
+    as many. When there are fewer than world_size x M rows, rows are cut between examples
+    (`split_rows`) so that every micro-batch of every rank gets a row. Rows are dealt round
+    robin (rank r takes rows r, r + world_size, ...) and each rank's rows split into M
+    consecutive micro-batches. Only when no row can be cut (one example per row) is a
+    micro-batch left empty; the loop runs it as one token without a label. With
+    ``batch_unit: rows`` the global batch is a multiple of world_size x micro_batch_size: this
+    is then exactly "every world_size-th row, in chunks of micro_batch_size".
+    """
+    m = max(1, math.ceil(len(rows) / (world_size * micro_batch_size)))
+    mine = split_rows(rows, lengths, world_size * m)[rank::world_size]
+    sizes = [len(mine) // m + (j < len(mine) % m) for j in range(m)]
+    bounds = list(itertools.accumulate(sizes, initial=0))
+    return [mine[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+class _Order:
+    """What both samplers offer the loop: ``steps_per_epoch``, `rows_of` a step (all ranks) and
+    this rank's `micro_batch_rows`."""
+
+    steps_per_epoch: int
+    world_size: int
+    rank: int
+    micro_batch_size: int
+    lengths: Sequence[int]
+
+    def rows_of(self, step: int) -> list[list[int]]:
+        """The global batch of step ``step`` (0-based) as rows of example indices, all ranks."""
+        raise NotImplementedError
+
+    def micro_batch_rows(self, step: int) -> list[list[list[int]]]:
+        """This rank's micro-batches of step ``step``, as rows of example indices (`rank_micro_batches`)."""
+        return rank_micro_batches(self.rows_of(step), self.lengths, self.world_size, self.rank,
+                                  self.micro_batch_size)
+
+    def epoch_of(self, step: int) -> float:
+        """Fractional epoch reached after ``step`` steps (for logging)."""
+        return step / self.steps_per_epoch
+
+
+class StepSampler(_Order):
+    """``batch_unit: rows``: which packed rows make each optimiser step.
 
     Every epoch the rows are shuffled with ``seed + epoch``. The permutation is extended
     by wrapping around to a whole number of global batches (so every row is seen every
     epoch; a few rows of the last step are seen twice, as with DistributedSampler's
     padding). Global batch k of the epoch is rows ``perm[k*G:(k+1)*G]``; rank r takes
     every world-th of them, then splits its share into ``grad_accum`` micro-batches.
+    ``rows`` (example indices of each row) and ``lengths`` (tokens of each example) are only
+    needed for `rows_of` / `micro_batch_rows`.
     """
 
     def __init__(self, num_rows: int, global_batch_size: int, micro_batch_size: int,
-                 world_size: int, rank: int, seed: int) -> None:
+                 world_size: int, rank: int, seed: int, *, rows: list[list[int]] | None = None,
+                 lengths: Sequence[int] = ()) -> None:
         if num_rows == 0:
             raise ValueError("no rows to train on")
         self.num_rows = num_rows
@@ -164,6 +264,7 @@ class StepSampler:
         self.world_size = world_size
         self.rank = rank
         self.seed = seed
+        self.rows, self.lengths = rows, lengths
         self.steps_per_epoch = math.ceil(num_rows / global_batch_size)
         self._perm_epoch = -1
         self._perm: list[int] = []
@@ -178,14 +279,127 @@ class StepSampler:
             self._perm, self._perm_epoch = perm, epoch
         return self._perm
 
+    def global_batch(self, step: int) -> list[int]:
+        """Row ids of global optimiser step ``step`` (0-based), all ranks together."""
+        epoch, k = divmod(step, self.steps_per_epoch)
+        return self._permutation(epoch)[k * self.global_batch_size:(k + 1) * self.global_batch_size]
+
+    def rows_of(self, step: int) -> list[list[int]]:
+        if self.rows is None:
+            raise ValueError("StepSampler was made without its rows")
+        return [self.rows[r] for r in self.global_batch(step)]
+
     def micro_batches(self, step: int) -> list[list[int]]:
         """Row ids of this rank's micro-batches for global optimiser step ``step`` (0-based)."""
-        epoch, k = divmod(step, self.steps_per_epoch)
-        perm = self._permutation(epoch)
-        mine = perm[k * self.global_batch_size:(k + 1) * self.global_batch_size][self.rank::self.world_size]
+        mine = self.global_batch(step)[self.rank::self.world_size]
         m = self.micro_batch_size
         return [mine[i:i + m] for i in range(0, len(mine), m)]
 
-    def epoch_of(self, step: int) -> float:
-        """Fractional epoch reached after ``step`` steps (for logging)."""
-        return step / self.steps_per_epoch
+
+class ExampleSampler(_Order):
+    """``batch_unit: examples`` or ``tokens``: which examples make each optimiser step, packed per step.
+
+    Every epoch the EXAMPLES are shuffled with ``seed + epoch`` and cut into S = round(E / G)
+    steps of consecutive examples (E: examples, or tokens, in the epoch; `cut_steps`): each
+    step holds E / S, that is about G, give or take one example; every example is trained
+    exactly once per epoch, and S is the same every epoch. Each step's examples are then
+    packed into rows of at most ``max_length`` tokens (`pack_best_fit`; one per row without
+    ``packing``). Packing per step, not the dataset once, is what makes "128 examples" mean
+    128: rows packed over the whole dataset hold from one long example to hundreds of short
+    ones, so whole rows could not make steps of even size.
+    """
+
+    def __init__(self, lengths: Sequence[int], unit: str, global_batch_size: int, micro_batch_size: int,
+                 world_size: int, rank: int, seed: int, *, max_length: int, packing: bool) -> None:
+        if unit not in ("examples", "tokens"):
+            raise ValueError(f"ExampleSampler counts examples or tokens, not {unit!r}")
+        if not lengths:
+            raise ValueError("no examples to train on")
+        self.lengths = list(lengths)
+        self.unit = unit
+        self.global_batch_size = global_batch_size
+        self.micro_batch_size = micro_batch_size
+        self.world_size = world_size
+        self.rank = rank
+        self.seed = seed
+        self.max_length = max_length
+        self.packing = packing
+        self.sizes = [1] * len(self.lengths) if unit == "examples" else self.lengths
+        self.epoch_total = sum(self.sizes)
+        # round(E / G), halves up, in integers; at least one step
+        self.steps_per_epoch = max(1, (2 * self.epoch_total + global_batch_size) // (2 * global_batch_size))
+        if self.steps_per_epoch > len(self.lengths):
+            raise ValueError(f"a global batch of {global_batch_size:,} {unit} is less than one example holds on "
+                             f"average ({self.epoch_total / len(self.lengths):,.1f} {unit})")
+        self._epoch = -1
+        self._perm: list[int] = []
+        self._cuts: list[int] = []
+
+    def examples_of(self, step: int) -> list[int]:
+        """Example indices of step ``step`` (0-based), all ranks, in the epoch's shuffled order."""
+        epoch, k = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            self._perm = torch.randperm(len(self.lengths), generator=g).tolist()
+            self._cuts = cut_steps([self.sizes[i] for i in self._perm], self.steps_per_epoch)
+            self._epoch = epoch
+        return self._perm[self._cuts[k]:self._cuts[k + 1]]
+
+    def rows_of(self, step: int) -> list[list[int]]:
+        ex = self.examples_of(step)
+        if not self.packing:
+            return [[i] for i in ex]
+        return [[ex[j] for j in row] for row in pack_best_fit([self.lengths[i] for i in ex], self.max_length)]
+
+
+def make_sampler(rows: list[list[int]], lengths: Sequence[int], unit: str, global_batch_size: int,
+                 micro_batch_size: int, world_size: int, rank: int, seed: int, *, max_length: int,
+                 packing: bool) -> StepSampler | ExampleSampler:
+    """The order of a run whose examples have ``lengths`` tokens, for a global batch of
+    ``global_batch_size`` ``unit`` (``train.batch_unit``): `StepSampler` over the packed
+    ``rows`` (rows), else `ExampleSampler` (examples, tokens; ``rows`` unused)."""
+    if unit == "rows":
+        return StepSampler(len(rows), global_batch_size, micro_batch_size, world_size, rank, seed, rows=rows,
+                           lengths=lengths)
+    if unit not in BATCH_UNITS:
+        raise ValueError(f"unknown batch unit {unit!r} (one of {', '.join(BATCH_UNITS)})")
+    return ExampleSampler(lengths, unit, global_batch_size, micro_batch_size, world_size, rank, seed,
+                          max_length=max_length, packing=packing)
+
+
+@dataclass
+class StepCounts:
+    """What each optimiser step holds over all ranks (one entry per step)."""
+
+    rows: list[int]
+    examples: list[int]
+    tokens: list[int]
+    micro_batches: list[int]
+    """Micro-batches (forward/backward passes) per rank."""
+    idle: list[int]
+    """Micro-batches, over all ranks, that got no row (run empty to keep the ranks in step)."""
+    longest_row: int = 0
+    """Tokens of the longest row any rank runs in these steps, after `split_rows` (it sizes the
+    activation peak)."""
+
+    def of(self, unit: str) -> list[int]:
+        """The counts in ``unit`` (``rows``, ``examples`` or ``tokens``)."""
+        return getattr(self, unit)
+
+
+def count_steps(sampler: StepSampler | ExampleSampler, steps: Iterable[int]) -> StepCounts:
+    """Rows, examples, tokens, micro-batches per rank and empty micro-batches of each of ``steps``,
+    exactly as the loop takes them (`_Order.rows_of`, `rank_micro_batches`)."""
+    out = StepCounts([], [], [], [], [])
+    w, mbs, lengths = sampler.world_size, sampler.micro_batch_size, sampler.lengths
+    for step in steps:
+        rows = sampler.rows_of(step)
+        m = max(1, math.ceil(len(rows) / (w * mbs)))
+        pieces = split_rows(rows, lengths, w * m)
+        out.rows.append(len(rows))
+        out.examples.append(sum(len(r) for r in rows))
+        out.tokens.append(sum(lengths[i] for r in rows for i in r))
+        out.micro_batches.append(m)
+        out.idle.append(max(0, w * m - len(pieces)))
+        out.longest_row = max(out.longest_row, max(sum(lengths[i] for i in r) for r in pieces))
+    return out

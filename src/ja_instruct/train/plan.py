@@ -14,8 +14,9 @@ Nothing is trained and no weight is loaded. The plan reads:
   count the parameters of the embedding, each decoder layer and the head, tied or not, with
   the LoRA adapters when ``lora.enabled``.
 
-Steps follow the training loop (`packing.StepSampler`); memory, FLOPs and time are
-`ja_instruct.train.budget`'s arithmetic, whose docstring states every formula.
+Steps, and the rows, examples and tokens of every step, are the training loop's own
+(`packing.StepSampler` with the run's seed, in the recipe's ``batch_unit``); memory, FLOPs
+and time are `ja_instruct.train.budget`'s arithmetic, whose docstring states every formula.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ja_instruct.errors import UserError
 from ja_instruct.train.budget import (GIB, STATES, TIGHT_MARGIN, ParamCount, Shape, flops_per_token, memory_per_gpu,
                                       min_gpus, total_bytes, wall_seconds)
 from ja_instruct.train.config import TrainConfig
+from ja_instruct.train.packing import StepCounts
 
 #: Spread (log-space sigma) of the assumed example lengths: instruction data has a long tail.
 ASSUMED_SIGMA = 0.8
@@ -68,6 +70,8 @@ class Data:
     source: str
     dropped: int = 0
     truncated: int = 0
+    rows: list[list[int]] = field(default_factory=list)
+    """Example indices of each row, packed as training packs them."""
 
 
 @dataclass
@@ -79,7 +83,8 @@ class Plan:
     params: ParamCount
     data: Data
     opts: PlanOptions
-    grad_accum: int
+    grad_accum: int | None
+    """Micro-batches per rank per step; None when it varies (``batch_unit`` examples or tokens)."""
     steps_per_epoch: int
     steps: int
     tokens: float
@@ -87,6 +92,10 @@ class Plan:
     seconds: float
     flops_note: str
     advice: list[str] = field(default_factory=list)
+    per_step: StepCounts | None = None
+    """What each step of the run holds (`packing.count_steps`)."""
+    epoch_rows: int = 0
+    """Rows of one epoch (packed once, or, in examples or tokens, per step)."""
 
 
 # --------------------------------------------------------------------------- the model
@@ -240,25 +249,64 @@ def _pack(data: Data, cfg: TrainConfig) -> Data:
     if not data.lengths:
         raise UserError("no example is left to train on", field="train.max_length",
                         hint="Raise train.max_length or set train.overlong: truncate.")
-    rows = pack_best_fit(data.lengths, cfg.max_length) if cfg.packing else [[i] for i in range(len(data.lengths))]
-    data.row_tokens = [sum(data.lengths[i] for i in r) for r in rows]
+    data.rows = pack_best_fit(data.lengths, cfg.max_length) if cfg.packing else [[i] for i in range(len(data.lengths))]
+    data.row_tokens = [sum(data.lengths[i] for i in r) for r in data.rows]
     return data
 
 
 # --------------------------------------------------------------------------- the plan
 
-def step_summary(examples: int, rows: int, tokens: int, global_batch_size: int) -> str:
-    """What one optimiser step holds, on average over an epoch:
-    ``128 rows = 4,193 examples = 1,048,275 tokens (means over the epoch)``."""
-    per = global_batch_size / max(rows, 1)
-    return (f"{global_batch_size} rows = {examples * per:,.0f} examples = {tokens * per:,.0f} tokens "
-            "(means over the epoch)")
+def _spread(values: list[int], unit: str = "") -> str:
+    lo, hi = min(values), max(values)
+    unit = f" {unit}" if unit else ""
+    return f"{lo:,}{unit}" if lo == hi else f"{lo:,}-{hi:,}{unit} (mean {sum(values) / len(values):,.1f})"
+
+
+def step_summary(unit: str, global_batch_size: int, counts: StepCounts) -> str:
+    """What the optimiser steps hold over all ranks, exactly (``counts``: the run's steps), the
+    configured unit first: ``128 examples (each step 128-129 (mean 128.1)) = 3-6 rows (mean 4.4)
+    = 23,755-41,869 tokens (mean 32,019.0)``; in rows: ``128 rows = ... examples = ... tokens``."""
+    others = [_spread(counts.of(u), u) for u in ("rows", "examples", "tokens") if u != unit]
+    head = f"{global_batch_size:,} {unit}"
+    if unit != "rows":  # the configured size is a target: say what the steps really hold
+        head += f" (each step {_spread(counts.of(unit))})"
+    return " = ".join([head] + others)
+
+
+def micro_batch_summary(cfg: TrainConfig, counts: StepCounts, grad_accum: int | None, ranks: int,
+                        what: str = "GPU(s)") -> str:
+    """How a step is shared out: ``micro batch 1 x grad accum 1-2 (mean 1.4; from the rows of
+    each step) x 4 GPU(s)``, and the steps in which a rank has an empty micro-batch."""
+    if grad_accum is not None:
+        accum = f"grad accum {grad_accum}"
+    else:
+        mb = counts.micro_batches
+        lo, hi = min(mb), max(mb)
+        accum = (f"grad accum {lo} (" if lo == hi else f"grad accum {lo}-{hi} (mean {sum(mb) / len(mb):.1f}; ") \
+            + "from the rows of each step)"
+    text = f"micro batch {cfg.micro_batch_size} x {accum} x {ranks} {what}"
+    idle = sum(1 for n in counts.idle if n)
+    if idle:
+        text += (f"; in {idle:,} of {len(counts.idle):,} steps some rank has a micro-batch without a row "
+                 f"(one example per row cannot be shared out: {sum(counts.idle):,} empty micro-batches in all)")
+    return text
+
+
+def per_step_facts(cfg: TrainConfig, counts: StepCounts) -> dict:
+    """The run's steps in a few numbers, for the model card: the unit, its configured size and
+    min / mean / max rows, examples and tokens per step."""
+    def stats(v: list[int]) -> dict:
+        return {"min": min(v), "mean": round(sum(v) / len(v), 2), "max": max(v)}
+
+    return {"unit": cfg.batch_unit, "global_batch_size": cfg.global_batch_size, "steps": len(counts.rows),
+            **{u: stats(counts.of(u)) for u in ("rows", "examples", "tokens")}}
 
 
 def plan_run(recipe, opts: PlanOptions, name: str = "") -> Plan:
     """The plan of the recipe's ``train`` section on ``opts.gpus`` GPUs; nothing is trained."""
-    from ja_instruct.train.packing import StepSampler
-    from ja_instruct.train.prepare import model_max_length, resolve_grad_accum
+    from ja_instruct.train.identity import resolved_seed
+    from ja_instruct.train.packing import count_steps, make_sampler
+    from ja_instruct.train.prepare import check_batch, model_max_length, resolve_grad_accum
 
     cfg: TrainConfig = recipe.require("train")
     accum = resolve_grad_accum(cfg, opts.gpus)
@@ -269,16 +317,30 @@ def plan_run(recipe, opts: PlanOptions, name: str = "") -> Plan:
                         field="train.max_length", hint=f"Use max_length <= {limit}.")
     params, shape = count_parameters(conf, cfg), model_shape(conf)
     data = read_data(recipe, cfg, opts)
-    rows = len(data.row_tokens)
-    per_epoch = StepSampler(rows, cfg.global_batch_size, cfg.micro_batch_size, opts.gpus, 0, 0).steps_per_epoch
-    steps = min(cfg.epochs * per_epoch, cfg.max_steps or math.inf)
-    tokens = steps * cfg.global_batch_size * sum(data.row_tokens) / rows
-    seq = max(data.row_tokens)  # the longest row sizes the peak
+    check_batch(cfg, data.rows, data.lengths, opts.gpus)
+    # The sampler of the run itself (same rows, same seed): its steps are the ones training takes.
+    sampler = make_sampler(data.rows, data.lengths, cfg.batch_unit, cfg.global_batch_size, cfg.micro_batch_size,
+                           opts.gpus, 0, resolved_seed(cfg, recipe.seed), max_length=cfg.max_length,
+                           packing=cfg.packing)
+    per_epoch = sampler.steps_per_epoch
+    steps = int(min(cfg.epochs * per_epoch, cfg.max_steps or math.inf))
+    counts = count_steps(sampler, range(steps))
+    # Mean tokens of a step over an epoch, times the steps (rows: G rows of the mean row).
+    epoch_tokens = sum(data.row_tokens)
+    if cfg.batch_unit == "rows":
+        per_step_tokens, epoch_rows = cfg.global_batch_size * epoch_tokens / len(data.rows), len(data.rows)
+        seq = max(data.row_tokens)  # the longest row sizes the peak
+    else:  # packed per step: the rows are those of the steps
+        per_step_tokens = epoch_tokens / per_epoch
+        epoch_rows = sum((counts if steps >= per_epoch else count_steps(sampler, range(per_epoch))).rows[:per_epoch])
+        seq = counts.longest_row  # after rows are cut to share a step over the GPUs
+    tokens = steps * per_step_tokens
     memory = memory_per_gpu(params, shape, cfg, opts.gpus, seq)
     per_token, how = flops_per_token(params, cfg.activation_checkpointing)
     plan = Plan(recipe=name, model_source=source, params=params, data=data, opts=opts, grad_accum=accum,
-                steps_per_epoch=per_epoch, steps=int(steps), tokens=tokens, memory=memory,
-                seconds=wall_seconds(per_token * tokens, opts.gpus, opts.gpu_peak_tflops, opts.mfu), flops_note=how)
+                steps_per_epoch=per_epoch, steps=steps, tokens=tokens, memory=memory,
+                seconds=wall_seconds(per_token * tokens, opts.gpus, opts.gpu_peak_tflops, opts.mfu), flops_note=how,
+                per_step=counts, epoch_rows=epoch_rows)
     if total_bytes(memory) > opts.gpu_mem * GIB * (1 - TIGHT_MARGIN):
         plan.advice = _advice(params, shape, cfg, opts, seq)
     return plan
@@ -302,8 +364,9 @@ def _advice(p: ParamCount, shape: Shape, cfg: TrainConfig, opts: PlanOptions, se
     if n is None:
         tips.append("use lora.enabled or a shorter max_length: the unsharded parts alone do not fit")
     elif n > opts.gpus:
-        tips.append(f"use {n} GPUs (global_batch_size {cfg.global_batch_size} splits evenly over them; "
-                    "with checkpointing and micro batch 1)")
+        even = f"global_batch_size {cfg.global_batch_size} splits evenly over them; " \
+            if cfg.batch_unit == "rows" else ""
+        tips.append(f"use {n} GPUs ({even}with checkpointing and micro batch 1)")
     return tips
 
 
@@ -323,7 +386,8 @@ def format_plan(plan: Plan, cfg: TrainConfig) -> str:
     p, d, o = plan.params, plan.data, plan.opts
     per_layer = _count(p.layers[0]) if len(set(p.layers)) == 1 else f"up to {_count(max(p.layers))}"
     other = p.root - p.embedding - p.lm_head
-    rows, tok_epoch, full_steps = len(d.row_tokens), sum(d.row_tokens), cfg.epochs * plan.steps_per_epoch
+    rows, tok_epoch, full_steps = plan.epoch_rows, sum(d.row_tokens), cfg.epochs * plan.steps_per_epoch
+    how = "packed" if cfg.batch_unit == "rows" else "packed per step, epoch 1"
     lines = [f"ja-instruct train --plan {plan.recipe} (nothing is trained)", "",
              f"model       {plan.model_source}",
              f"            {p.arch}: {_count(p.total)} parameters = embedding {_count(p.embedding)} + "
@@ -335,14 +399,15 @@ def format_plan(plan: Plan, cfg: TrainConfig) -> str:
              f"            {len(d.lengths):,} examples kept ({d.dropped:,} dropped, {d.truncated:,} truncated to "
              f"{cfg.max_length}), {tok_epoch:,} tokens per epoch",
              f"            {rows:,} rows of <= {cfg.max_length} tokens "
-             + (f"(packed, {100 * tok_epoch / (rows * cfg.max_length):.2f}% full)" if cfg.packing else
+             + (f"({how}, {100 * tok_epoch / (rows * cfg.max_length):.2f}% full)" if cfg.packing else
                 "(one example per row, padded to the longest of its micro-batch)"),
              f"steps       {plan.steps_per_epoch:,} per epoch x {cfg.epochs} epochs = {full_steps:,} optimiser steps"
              + (f"; max_steps stops at {plan.steps} ({plan.steps / plan.steps_per_epoch:.3f} epoch)"
                 if plan.steps < full_steps else ""),
-             f"per step    {step_summary(len(d.lengths), rows, tok_epoch, cfg.global_batch_size)}",
-             f"            = micro batch {cfg.micro_batch_size} x grad accum {plan.grad_accum} x {o.gpus} GPU(s)"
-             + ("; global_batch_size counts packed rows, not examples" if cfg.packing else ""),
+             f"per step    {step_summary(cfg.batch_unit, cfg.global_batch_size, plan.per_step)}",
+             f"            = {micro_batch_summary(cfg, plan.per_step, plan.grad_accum, o.gpus)}"
+             + ("; global_batch_size counts packed rows, not examples (batch_unit: rows)"
+                if cfg.packing and cfg.batch_unit == "rows" else ""),
              "", f"memory per GPU ({o.gpus} x {o.gpu_mem:g} GiB, "
                  + ("FSDP2 full shard)" if o.gpus > 1 else "one process, nothing sharded)")]
     lines += [f"  {part:<16} {_gib(v):>10}  {how}" for part, (how, v) in plan.memory.items()]

@@ -15,7 +15,7 @@ from ja_instruct.errors import UserError
 from ja_instruct.models import load_tokenizer
 from ja_instruct.train.config import TrainConfig
 from ja_instruct.train.distributed import Dist
-from ja_instruct.train.packing import Example
+from ja_instruct.train.packing import Example, build_rows, make_sampler
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,8 @@ class Prepared:
 
     cfg: TrainConfig
     seed: int
-    grad_accum: int
+    grad_accum: int | None
+    """Micro-batches per rank per step; None when it varies (``batch_unit`` examples or tokens)."""
     model_path: str
     tokenizer: object
     pad_id: int
@@ -36,10 +37,16 @@ class Prepared:
     dataset_stats: dict = field(default_factory=dict)
     token_summary: str = ""
     """`ja_instruct.data.tokenize.describe_token_stats` of ``token_stats`` (kept / truncated / dropped, why)."""
+    rows: list[list[int]] = field(default_factory=list)
+    """The training rows (`ja_instruct.train.packing.build_rows`): example indices of each row."""
 
 
-def resolve_grad_accum(cfg: TrainConfig, world_size: int) -> int:
-    """Micro-batches per step per rank such that micro x accum x world = global batch (checked)."""
+def resolve_grad_accum(cfg: TrainConfig, world_size: int) -> int | None:
+    """Micro-batches per step per rank such that micro x accum x world = global batch (checked);
+    None with ``batch_unit`` examples or tokens, where it varies with the rows of each step
+    (`ja_instruct.train.packing.rank_micro_batches`)."""
+    if cfg.batch_unit != "rows":
+        return None
     per_step = cfg.micro_batch_size * world_size
     if cfg.global_batch_size % per_step:
         raise UserError(f"global_batch_size {cfg.global_batch_size} is not a multiple of micro_batch_size "
@@ -101,7 +108,21 @@ def prepare(cfg: TrainConfig, model_path: str, dataset_dir: Path, seed: int, d: 
                         hint="Raise train.max_length, or set train.overlong: truncate to train on cut answers "
                              "(they end without EOS).")
     examples = [Example(list(i), list(lab)) for i, lab in zip(tok_ds["input_ids"], tok_ds["labels"])]
+    rows = build_rows(examples, cfg.max_length, cfg.packing)
+    check_batch(cfg, rows, [len(e.input_ids) for e in examples], d.world_size)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return Prepared(cfg=cfg, seed=seed, grad_accum=grad_accum, model_path=model_path, tokenizer=tokenizer,
                     pad_id=pad_id, dataset_dir=dataset_dir, examples=examples, token_stats=token_stats,
-                    dataset_stats=read_dataset_stats(dataset_dir), token_summary=summary)
+                    dataset_stats=read_dataset_stats(dataset_dir), token_summary=summary, rows=rows)
+
+
+def check_batch(cfg: TrainConfig, rows: list[list[int]], lengths: list[int], world_size: int) -> None:
+    """Refuse a global batch the data cannot make (in ``tokens``: less than an average example,
+    since a step takes whole examples), before any model is loaded."""
+    try:
+        make_sampler(rows, lengths, cfg.batch_unit, cfg.global_batch_size, cfg.micro_batch_size, world_size, 0, 0,
+                     max_length=cfg.max_length, packing=cfg.packing)
+    except ValueError as e:
+        raise UserError(f"global_batch_size {cfg.global_batch_size} {cfg.batch_unit}: {e}",
+                        field="train.global_batch_size",
+                        hint="Raise global_batch_size: a step holds whole examples.") from None

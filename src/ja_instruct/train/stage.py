@@ -165,7 +165,8 @@ def _train(cfg: TrainConfig, dataset_dir: Path, out: Path, seed: int, run_name: 
             "supervised_tokens": p.token_stats.get("supervised_tokens"), "tokenise": counts,
             "trained": {"steps": fitted.total_steps, "steps_per_epoch": fitted.steps_per_epoch, "rows": fitted.rows,
                         "examples": len(p.examples), "tokens": (fitted.seen or {}).get("tokens"),
-                        "supervised_tokens": (fitted.seen or {}).get("supervised_tokens")},
+                        "supervised_tokens": (fitted.seen or {}).get("supervised_tokens"),
+                        "per_step": fitted.per_step},
             "model_path": p.model_path}
     export_final(fitted.model, cfg, p.model_path, p.tokenizer, cfg.template, out, d, card, manifest.fingerprint)
     if d.is_main:
