@@ -20,7 +20,9 @@ half-written; the stage removes its manifest before training and writes it after
 so an old ``final`` left by a killed retrain never passes for the current one.
 
 The full (unsharded) state dict is gathered with ``get_model_state_dict(full_state_dict=True,
-cpu_offload=True)``: every rank takes part, rank 0 ends up with CPU tensors and writes.
+cpu_offload=True)``: every rank takes part, one tensor at a time, and only rank 0 keeps them
+(CPU tensors) and writes. With LoRA only the adapters are gathered (``ignore_frozen_params``):
+the frozen base weights are read again from the base model.
 """
 
 from __future__ import annotations
@@ -54,8 +56,11 @@ def export_final(model: torch.nn.Module, cfg: TrainConfig, model_path: str, toke
                  out_dir: Path, d: Dist, card: dict, fingerprint: str) -> Path:
     """Write ``out_dir/final`` (every rank calls this; rank 0 writes), marked complete for the
     train manifest ``fingerprint``. Returns the folder."""
-    # Collective: every rank must take part in gathering the full weights.
-    full_sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # Collective: every rank takes part, one tensor at a time; with cpu_offload only rank 0 keeps
+    # the gathered tensors (on its CPU). With LoRA only the adapters are gathered: rank 0 reads
+    # the frozen base weights from the base model again.
+    full_sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
+                                                                   ignore_frozen_params=cfg.lora.enabled))
     final = out_dir / FINAL
     if d.is_main:
         tmp = out_dir / ".final.tmp"
@@ -98,7 +103,9 @@ def _write_full(sd: dict, cfg: TrainConfig, model_path: str, out: Path) -> None:
     # tensors with assign=True: rank 0 never holds two copies of a 13B model.
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
-    model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, assign=True, strict=False)
+    for k in list(sd):  # cast in place, one tensor at a time: never a second copy of the model
+        sd[k] = sd[k].to(dtype)
+    model.load_state_dict(sd, assign=True, strict=False)
     model.tie_weights()
     missing = [n for n, p in model.named_parameters() if p.is_meta]
     if missing:
@@ -247,7 +254,14 @@ def training_length(cfg: TrainConfig, trained: dict[str, Any] | None) -> list[st
     rows, examples = t.get("rows"), t.get("examples")
     lines += ["| | |", "|---|---|", f"| optimiser steps | {steps}{stop} |",
               f"| epochs trained | {steps / per_epoch:.3f} ({steps} steps of {per_epoch} per epoch) |"]
-    if rows and examples:
+    ps = t.get("per_step")
+    if ps and examples:  # what the run's own steps held (min - max, mean), in any batch unit
+        rng = lambda u: f"{ps[u]['min']:,}-{ps[u]['max']:,} (mean {ps[u]['mean']:,.1f}) {u}"  # noqa: E731
+        lines += [f"| per step | {ps['global_batch_size']} {ps['unit']}{' (packed)' if cfg.packing else ''}: "
+                  f"{rng('rows')}, {rng('examples')}, {rng('tokens')} |",
+                  f"| examples seen | {steps * ps['examples']['mean']:,.0f} (repeats counted; the training set "
+                  f"holds {examples:,}) |"]
+    elif rows and examples:
         per_step = cfg.global_batch_size * examples / rows
         lines += [f"| per step | {cfg.global_batch_size} rows{' (packed)' if cfg.packing else ''} = "
                   f"{per_step:,.1f} examples on average |",
@@ -311,8 +325,8 @@ def model_card(cfg: TrainConfig, card: dict) -> str:
         "|---|---|",
     ]
     hp = {
-        "epochs (configured)": cfg.epochs, "max steps": cfg.max_steps, "global batch (rows)": cfg.global_batch_size,
-        "micro batch": cfg.micro_batch_size, "gradient accumulation": card.get("grad_accum"),
+        "epochs (configured)": cfg.epochs, "max steps": cfg.max_steps, f"global batch ({cfg.batch_unit})": cfg.global_batch_size,
+        "micro batch": cfg.micro_batch_size, "gradient accumulation": card.get("grad_accum") or "varies per step",
         "world size": card.get("world_size"), "max length": cfg.max_length, "packing": cfg.packing,
         "learning rate": cfg.lr, "warm-up ratio": cfg.warmup_ratio, "schedule": "linear warm-up, cosine decay",
         "weight decay": cfg.weight_decay, "betas": list(cfg.betas), "grad clip": cfg.grad_clip,
