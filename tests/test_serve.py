@@ -136,3 +136,15 @@ def test_dry_run_prints_the_base_url_and_a_recipe_entry(tmp_path, capsys, monkey
     spec = ModelSpec(**yaml.safe_load(entry))  # pasted into a recipe as it is
     assert spec.server == "transformers" and spec.path == spec.id == "demo"
     assert not (tmp_path / "cache").exists()  # a dry run links nothing
+
+
+def test_remote_code_exports_are_served_with_trust_remote_code(tmp_path):
+    """PLaMo-13B's fine-tune keeps `auto_map` in config.json: neither server loads it without the flag."""
+    from ja_instruct.serve import server_command
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "plamo", "auto_map": {"AutoConfig": "x.Y"}}))
+    for engine in ("vllm", "transformers"):
+        argv = server_command(tmp_path, "m", engine=engine, host="127.0.0.1", port=8000, link_dir=tmp_path).argv
+        assert argv.count("--trust-remote-code") == 1
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    assert "--trust-remote-code" not in server_command(tmp_path, "m", engine="vllm", host="h", port=1).argv

@@ -138,6 +138,9 @@ def server_command(model_dir: Path, model_id: str, *, engine: str, host: str = "
     extra = list(extra_args or [])
     model_dir = Path(model_dir).resolve()
     dt = checkpoint_dtype(model_dir) if dtype == "auto" else dtype
+    # A remote-code model (PLaMo-13B's fine-tune keeps `auto_map`) does not load without the flag.
+    if _needs_remote_code(model_dir) and "--trust-remote-code" not in extra:
+        extra.append("--trust-remote-code")
     if engine == "vllm":
         argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
                 "--served-model-name", model_id, "--host", host, "--port", str(port)]
@@ -158,6 +161,14 @@ def server_command(model_dir: Path, model_id: str, *, engine: str, host: str = "
             "--dtype", dt or "auto", *extra]
     # no PyPI version check at start-up (offline machines)
     return ServerCommand("transformers", argv, cwd=link_dir, env={"HF_HUB_DISABLE_UPDATE_CHECK": "1"})
+
+
+def _needs_remote_code(model_dir: Path) -> bool:
+    """Whether the model's config.json names its own modelling code (``auto_map``)."""
+    try:
+        return "auto_map" in json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
 
 
 def link_model(model_dir: Path, model_id: str, link_dir: Path) -> Path:

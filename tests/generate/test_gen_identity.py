@@ -274,3 +274,15 @@ def test_trained_is_the_train_stages_registered_model(tmp_path, tiny_model_dir, 
         run_generation(load_recipe(path, ["train.lr=0.01"]))
     assert "ja-instruct train" in (e.value.hint or "")
     assert read_jsonl_store(out / "sft.jsonl") == recs  # nothing touched by the refused run
+
+
+def test_vllm_engine_args_that_change_answers_are_settings():
+    from ja_instruct.generate.backends import SamplingParams
+    from ja_instruct.generate.config import ModelSpec
+    from ja_instruct.generate.identity import generation_settings
+
+    params = SamplingParams(temperature=0.0)
+    plain = generation_settings(ModelSpec(id="m", backend="vllm"), params)
+    quant = generation_settings(ModelSpec(id="m", backend="vllm", vllm_args={"quantization": "fp8"}), params)
+    speed = generation_settings(ModelSpec(id="m", backend="vllm", vllm_args={"gpu_memory_utilization": 0.5}), params)
+    assert quant != plain and quant["vllm_args"] == {"quantization": "fp8"} and speed == plain

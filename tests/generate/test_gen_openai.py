@@ -192,9 +192,15 @@ def test_settings_not_sent_are_reported_once(keyed, caplog):
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "top_k=20" in warnings[0] and "repetition_penalty=1.1" in warnings[0]
     assert openai_extras(spec, params).not_sent == ("top_k", "repetition_penalty")
-    # what OpenAI's API does anyway is not "not sent": no top_k cut, no penalty, or greedy decoding
-    assert openai_extras(spec, SamplingParams(temperature=0.7, top_k=0, repetition_penalty=1.0)).not_sent == ()
-    assert openai_extras(spec, SamplingParams(temperature=0.0, top_k=20, repetition_penalty=1.0)).not_sent == ()
+    # Another server fills what is not sent with its own defaults (vLLM: the model's generation_config),
+    # so even neutral values are "not sent" there ...
+    assert openai_extras(spec, SamplingParams(temperature=0.7, top_k=0, repetition_penalty=1.0)).not_sent == (
+        "top_k", "repetition_penalty")
+    assert openai_extras(spec, SamplingParams(temperature=0.0, top_k=20)).not_sent == ("repetition_penalty",)
+    # ... while what OpenAI's own API does anyway is not: no top_k cut, no penalty, or greedy decoding
+    api = spec.model_copy(update={"base_url": None})
+    assert openai_extras(api, SamplingParams(temperature=0.7, top_k=0, repetition_penalty=1.0)).not_sent == ()
+    assert openai_extras(api, SamplingParams(temperature=0.0, top_k=20, repetition_penalty=1.0)).not_sent == ()
 
 
 @pytest.mark.parametrize(("base_url", "send_extra", "send_top_k", "expected"), [

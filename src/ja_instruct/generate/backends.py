@@ -246,6 +246,10 @@ def openai_extras(spec: ModelSpec, params: SamplingParams) -> OpenAIExtras:
     sampling = params.temperature > 0
     penalty = params.repetition_penalty
     if not sends_extra(spec):
+        if not _is_openai_api(spec.base_url):
+            # another server fills what is not sent with its own defaults (vLLM: the model's
+            # generation_config.json), so even neutral values are not what the recipe recorded
+            return OpenAIExtras({}, (), (("top_k",) if sampling else ()) + ("repetition_penalty",))
         missing = (("top_k",) if sampling and params.top_k > 0 else ()) + \
             (("repetition_penalty",) if penalty != 1.0 else ())
         return OpenAIExtras({}, (), missing)

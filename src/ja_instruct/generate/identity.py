@@ -79,6 +79,12 @@ def is_hub_model(spec: ModelSpec, model_path: str | None) -> bool:
         and not Path(model_path).is_dir()
 
 
+# vLLM engine arguments that change speed or memory only, never an answer.
+VLLM_SPEED_ONLY = frozenset({"gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens", "swap_space",
+                             "enforce_eager", "tensor_parallel_size", "pipeline_parallel_size", "block_size",
+                             "enable_prefix_caching", "disable_log_stats", "cpu_offload_gb"})
+
+
 def generation_settings(spec: ModelSpec, params: SamplingParams) -> dict[str, Any]:
     """Every setting that changes an answer of ``spec`` sampled with ``params``.
 
@@ -91,6 +97,9 @@ def generation_settings(spec: ModelSpec, params: SamplingParams) -> dict[str, An
     s: dict[str, Any] = {"backend": spec.backend, **params.as_dict(), "system_prompt": spec.system_prompt}
     if spec.backend in ("hf", "vllm"):
         s.update(template=spec.template, dtype=spec.dtype)
+        engine = {k: v for k, v in spec.vllm_args.items() if k not in VLLM_SPEED_ONLY} if spec.backend == "vllm" else {}
+        if engine:  # quantization, kv_cache_dtype, max_model_len... change answers
+            s["vllm_args"] = engine
         if params.temperature == 0:
             # Greedy decoding: the seed and the nucleus/top-k cut cannot change the answer, so a new
             # recipe seed (to retrain) must not regenerate every greedy answer of every local model.

@@ -172,7 +172,7 @@ def wall_seconds(flops: float, gpus: int, peak_tflops: float, mfu: float) -> flo
 
 
 def min_gpus(p: ParamCount, shape: Shape, cfg: TrainConfig, seq: int, limit: float) -> int | None:
-    """The fewest GPUs (>= 2, splitting ``global_batch_size`` evenly) on which the run fits in
+    """The fewest GPUs (>= 2; with ``batch_unit: rows``, splitting ``global_batch_size`` evenly) on which the run fits in
     ``limit`` bytes with checkpointing and micro batch 1, keeping `TIGHT_MARGIN` free; None if
     the unsharded parts alone do not fit. The sharded states shrink as 1/N, the rest does not."""
     lean = memory_per_gpu(p, shape, cfg, 2, seq, checkpointing=True, micro=1)
@@ -181,6 +181,7 @@ def min_gpus(p: ParamCount, shape: Shape, cfg: TrainConfig, seq: int, limit: flo
     if room <= 0:
         return None
     n = max(2, math.ceil(states / room))
-    while cfg.global_batch_size % n and n < cfg.global_batch_size:  # every rank gets whole micro-batches
+    # Rows must divide over the ranks (micro batch 1); examples/tokens steps are split over any number.
+    while cfg.batch_unit == "rows" and cfg.global_batch_size % n and n < cfg.global_batch_size:
         n += 1
     return n
