@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ja_instruct.io import JsonlAppender, read_jsonl_store, write_jsonl
 from ja_instruct.train import checkpoint as ckpt
 from ja_instruct.train.distributed import Dist
-from ja_instruct.train.isolation import attention_layout, check_isolation
+from ja_instruct.train.isolation import AttentionLayout, attention_layout, check_isolation
 from ja_instruct.train.model import build_model, compute_dtype, is_fsdp
 from ja_instruct.train.optim import build_optimizer, cosine_schedule
 from ja_instruct.train.packing import IGNORE_INDEX, Example, build_rows, count_steps, make_sampler
@@ -134,35 +134,11 @@ def fit(p: Prepared, out: Path, run_dir: Path, run: str, d: Dist, *,
         mbs = sampler.micro_batch_rows(step)  # lists of rows of example indices
         micro = [layout.collate(p.examples, mb, p.pad_id) if mb else layout.collate(empty, [[0]], p.pad_id)
                  for mb in mbs]
-        # The loss is the mean over the supervised tokens of the WHOLE global batch (all
-        # micro-batches of all ranks), so long answers weigh what they weigh whatever the
-        # batching, and however many micro-batches a step has: count first, then every
-        # micro-batch adds sum(token losses) / count.
-        counts = torch.tensor([sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro),
-                               sum(lengths[i] for mb in mbs for row in mb for i in row)],
-                              dtype=torch.float64)
-        d.all_reduce_sum(counts)
-        n_sup, n_tok = counts[0].item(), counts[1].item()
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        for k, batch in enumerate(micro):
-            labels = batch["labels"].to(d.device)
-            if fsdp:  # reduce-scatter gradients once per step, on the last micro-batch
-                model.set_requires_gradient_sync(k == len(micro) - 1)
-            with autocast:
-                # The example boundaries go to attention explicitly (mask or cu_seq_lens).
-                logits = model(**layout.model_inputs(batch, d.device)).logits
-            tok_loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
-                                       ignore_index=IGNORE_INDEX, reduction="sum")
-            # FSDP averages gradients over ranks; x world size turns that average into the sum.
-            (tok_loss * (d.world_size / max(n_sup, 1.0))).backward()
-            loss_sum += tok_loss.detach().double().cpu()
-            del logits, tok_loss
-        loss = d.all_reduce_sum(loss_sum).item() / max(n_sup, 1.0)
-        grad_norm = _clip(model, cfg.grad_clip)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
+        tokens = sum(lengths[i] for mb in mbs for row in mb for i in row)
+        loss, grad_norm, n_sup, n_tok = train_step(model, optimizer, micro, tokens, layout, d,
+                                                   autocast=autocast, grad_clip=cfg.grad_clip)
+        lr = scheduler.get_last_lr()[0]  # the rate this step used
         scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
         step += 1
         seen["tokens"] += int(n_tok)
         seen["supervised_tokens"] += int(n_sup)
@@ -194,6 +170,45 @@ def fit(p: Prepared, out: Path, run_dir: Path, run: str, d: Dist, *,
         tb.close()
     return Fitted(model=model, total_steps=total_steps, dtype=dtype, start_step=start_step,
                   steps_per_epoch=sampler.steps_per_epoch, rows=epoch_rows, seen=dict(seen), per_step=per_step)
+
+
+def train_step(model: torch.nn.Module, optimizer, micro: list[dict], tokens: float, layout: AttentionLayout,
+               d: Dist, *, autocast=None, grad_clip: float | None = None) -> tuple[float, float, float, float]:
+    """One optimiser step over this rank's collated micro-batches ``micro`` (``tokens``: the
+    unpadded tokens they hold); every rank calls it with as many micro-batches.
+
+    Returns ``(loss, grad_norm, supervised tokens, tokens)``, the last two summed over ranks.
+    The scheduler is the caller's. `benchmarks/gpu_sft.py` times this very function.
+    """
+    fsdp = is_fsdp(model)
+    autocast = autocast if autocast is not None else contextlib.nullcontext()
+    # The loss is the mean over the supervised tokens of the WHOLE global batch (all
+    # micro-batches of all ranks), so long answers weigh what they weigh whatever the
+    # batching, and however many micro-batches a step has: count first, then every
+    # micro-batch adds sum(token losses) / count.
+    counts = torch.tensor([sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro), tokens],
+                          dtype=torch.float64)
+    d.all_reduce_sum(counts)
+    n_sup, n_tok = counts[0].item(), counts[1].item()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    for k, batch in enumerate(micro):
+        labels = batch["labels"].to(d.device)
+        if fsdp:  # reduce-scatter gradients once per step, on the last micro-batch
+            model.set_requires_gradient_sync(k == len(micro) - 1)
+        with autocast:
+            # The example boundaries go to attention explicitly (mask or cu_seq_lens).
+            logits = model(**layout.model_inputs(batch, d.device)).logits
+        tok_loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
+                                   ignore_index=IGNORE_INDEX, reduction="sum")
+        # FSDP averages gradients over ranks; x world size turns that average into the sum.
+        (tok_loss * (d.world_size / max(n_sup, 1.0))).backward()
+        loss_sum += tok_loss.detach().double().cpu()
+        del logits, tok_loss
+    loss = d.all_reduce_sum(loss_sum).item() / max(n_sup, 1.0)
+    grad_norm = _clip(model, grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, grad_norm, n_sup, n_tok
 
 
 def _clip(model: torch.nn.Module, max_norm: float | None) -> float:
