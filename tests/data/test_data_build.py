@@ -30,7 +30,7 @@ def test_cli_build_writes_dataset_dir(tmp_path, write_recipe, mixed, capsys):
     # per-source counts and drop reasons on the terminal
     assert "alpaca" in printed and "failed_translation 1" in printed and "duplicate 1" in printed
     assert "empty 1" in printed and "unreachable 1" in printed and "total: 7 examples" in printed
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "dataset", "manifest.json", "stats.json",
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.yaml", "dataset", "manifest.json", "stats.json",
                                                      "stats.md"]
     ds = load_dataset_dir(out)
     assert ds.column_names == ["id", "source", "license", "commercial", "messages"]
@@ -158,3 +158,63 @@ def test_unknown_licence_needs_explicit_commercial_flag(tmp_path, data_assets, s
         build_dataset(DataConfig(sources=[unknown]), tmp_path / "o")
     s = build_dataset(DataConfig(sources=[{**unknown, "commercial": True}]), tmp_path / "o")
     assert s["commercial_use_ok"] is True
+
+
+def test_fingerprint_of_an_old_recipe_is_what_the_previous_release_computed(tmp_path, monkeypatch):
+    # A recipe that does not use near_dedup / contamination / quality must keep its fingerprint,
+    # or every model trained on its data would look stale. The literal is what the code before
+    # these sections computed (git 59e85b0) for this very config and file.
+    from ja_instruct.data.build import data_manifest
+
+    (tmp_path / "a.jsonl").write_text(json.dumps({"instruction": "日本の首都はどこですか？", "input": "",
+                                                  "output": "東京です。"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    cfg = DataConfig(sources=[{"name": "a", "path": "a.jsonl", "format": "alpaca", "license": "Apache-2.0",
+                               "weight": 1.5}], heldout={"fraction": 0.1, "max_examples": 4},
+                     clean={"dedup": "exact", "max_chars": 9000})
+    assert data_manifest(cfg, 7, {}).fingerprint == "25e750f66de537e0"
+
+
+def test_fingerprint_ignores_new_sections_while_off(data_assets, source):
+    from ja_instruct.data.build import data_manifest
+
+    cfg = DataConfig(sources=[source("a", data_assets / "alpaca.jsonl", "alpaca")], clean={"dedup": "exact"})
+    m = data_manifest(cfg, 3, {})
+    assert "near_dedup" not in m.config["data"]["clean"]
+    assert "contamination" not in m.config["data"] and "quality" not in m.config["data"]
+    assert m.inputs == {"source:a": m.inputs["source:a"]}
+    fingerprints = {m.fingerprint}
+    judge = {"backend": "fake", "model": "fake-judge"}
+    for update in ({"clean": {"dedup": "exact", "near_dedup": {}}}, {"contamination": {}},
+                   {"contamination": {"mode": "drop"}}, {"quality": {"judge": judge, "threshold": 6}},
+                   {"quality": {"judge": judge, "threshold": 7}},
+                   {"quality": {"judge": {**judge, "model": "other"}, "threshold": 7}}):
+        fp = data_manifest(DataConfig(**{**cfg.model_dump(), **update}), 3, {}).fingerprint
+        assert fp not in fingerprints, update
+        fingerprints.add(fp)
+    # what does not change a score does not change the data
+    q = DataConfig(**{**cfg.model_dump(), "quality": {"judge": judge, "threshold": 6}})
+    slow = DataConfig(**{**cfg.model_dump(), "quality": {"judge": {**judge, "concurrency": 1, "max_retries": 0},
+                                                          "threshold": 6, "cache": "/tmp/elsewhere.jsonl"}})
+    assert data_manifest(q, 3, {}).fingerprint == data_manifest(slow, 3, {}).fingerprint
+    assert data_manifest(q, 3, {}).config["data"]["quality"]["judge"]["backend"] == "fake"
+
+
+def test_benchmark_file_is_an_input(tmp_path, data_assets, source):
+    bench = tmp_path / "elyza" / "tasks.jsonl"
+    bench.parent.mkdir()
+    bench.write_text(json.dumps({"question_id": 1, "turns": ["富士山の高さは何メートルですか？"]}, ensure_ascii=False)
+                     + "\n", encoding="utf-8")
+    cfg = DataConfig(sources=[source("a", data_assets / "alpaca.jsonl", "alpaca")],
+                     contamination={"benchmarks": [str(bench), "embedded:questions_ja.jsonl"]})
+    from ja_instruct.data.build import data_manifest
+
+    inputs = data_manifest(cfg, 0, {}).inputs
+    assert set(inputs) == {"source:a", "benchmark:tasks", "benchmark:embedded:questions_ja"}
+    lines: list[str] = []
+    build_dataset(cfg, tmp_path / "out", echo=lines.append)
+    assert build_dataset(cfg, tmp_path / "out", echo=lines.append)["skipped"] is True
+    bench.write_text(bench.read_text(encoding="utf-8").replace("富士山", "浅間山"), encoding="utf-8")
+    assert data_manifest(cfg, 0, {}).inputs["benchmark:tasks"] != inputs["benchmark:tasks"]
+    assert "skipped" not in build_dataset(cfg, tmp_path / "out", echo=lines.append)
+    assert any("input 'benchmark:tasks' changed" in line for line in lines)

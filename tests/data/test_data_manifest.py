@@ -40,7 +40,7 @@ def test_manifest_written_last_and_skip_or_rebuild_with_reason(tmp_path, data_as
 
     monkeypatch.setattr(build_mod, "write_manifest", spy)
     build_dataset(cfg, out, seed=1)
-    assert seen_when_written == [["config.yaml", "dataset", "stats.json", "stats.md"]]
+    assert seen_when_written == [["README.md", "config.yaml", "dataset", "stats.json", "stats.md"]]
     m = read_manifest(out, "data")
     assert m.inputs == {"source:a": file_fingerprint(local)}
     assert m.config["seed"] == 1 and m.config["data"]["sources"][0]["name"] == "a"

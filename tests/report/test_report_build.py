@@ -113,3 +113,44 @@ def test_rakuda_real_answers_report(rakuda_report, shared_data):
     assert str(escape(first["choices"][0]["turns"][0])) in html
     rows = list(csv.DictReader(open(rakuda_report.parent / "scores.csv", encoding="utf-8")))
     assert len(rows) == 5 and all(r["bt_rating"] for r in rows)
+
+
+def test_contamination_result_of_each_models_training_data(tmp_path):
+    """The report states each trained model's contamination check, in the cards' words, read from the
+    stats.json of its training data (and says when there was no check)."""
+    import json
+
+    import yaml
+    from markupsafe import escape
+
+    from ja_instruct.data.card import describe_contamination
+    from report_helpers import write_synthetic_run
+
+    run = write_synthetic_run(tmp_path / "run")
+    sources = {"s": {"license": "MIT", "sampled": 12}}
+    checked = {"sources": sources, "contamination": {
+        "mode": "drop", "ngram": 20, "min_overlap": 0.5,
+        "benchmarks": {"rakuda": {"spec": "r", "questions": 40, "found": 1, "question_ids": ["7"]},
+                       "ja_mt_bench": {"spec": "m", "questions": 80, "found": 0, "question_ids": []}},
+        "hits": [{"benchmark": "rakuda", "question_id": "7", "source": "s", "id": "s:1", "split": "removed",
+                  "overlap": 0.9, "matched": "質問", "dropped": True}]}}
+    unchecked = {"sources": sources}  # built before (or without) data.contamination
+    specs = []
+    for model, stats in (("tuned", checked), ("base", unchecked)):
+        mdir = tmp_path / "models" / model
+        mdir.mkdir(parents=True)
+        (mdir / "stats.json").write_text(json.dumps(stats), encoding="utf-8")
+        specs.append({"id": model, "path": str(mdir)})
+    (run["answers"] / "config.yaml").write_text(yaml.safe_dump({"models": specs}), encoding="utf-8")
+    html_path = build_report([run["judge"]], tmp_path / "report", ReportConfig(bootstrap=100))
+    html = html_path.read_text(encoding="utf-8")
+    md = (html_path.parent / "summary.md").read_text(encoding="utf-8")
+    tuned_lines = describe_contamination(checked)
+    assert tuned_lines[0] == ("1 of 40 rakuda questions found in the data: 0 in the training data, 1 only in "
+                              "examples removed before training (1 example dropped as contaminated).")
+    note = f"Training data of tuned: {' '.join(tuned_lines)}"
+    assert str(escape(note)) in html and note in md  # next to the verdicts
+    assert str(escape("Training data of base: Not checked for benchmark contamination (data.contamination is "
+                      "null).")) in html
+    meta = html.split('id="model-meta"', 1)[1].split("</table>", 1)[0]  # and under each model's licences
+    assert all(str(escape(line)) in meta for line in tuned_lines)

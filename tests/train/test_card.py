@@ -80,6 +80,38 @@ def test_training_length_states_real_steps_epoch_fraction_and_tokens(tiny_model_
     assert "steps taken: 6" in bare and "epochs trained" not in bare
 
 
+def _section(card: str, title: str) -> str:
+    return card.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_card_states_the_training_data_checks(tiny_model_dir):
+    from ja_instruct.data.card import describe_contamination
+
+    cfg = _cfg(str(tiny_model_dir))
+    hits = [{"benchmark": "rakuda", "question_id": q, "source": "s", "id": f"s:{i}", "split": "removed",
+             "overlap": 0.8, "matched": "東京", "dropped": True} for i, q in enumerate(["3", "3", "9"])]
+    stats = {"sources": {"s": {"license": "MIT", "sampled": 10}},
+             "contamination": {"mode": "drop", "ngram": 20, "min_overlap": 0.5, "hits": hits,
+                               "benchmarks": {"rakuda": {"spec": "r", "questions": 40, "found": 2,
+                                                         "question_ids": ["3", "9"]}}},
+             "near_dedup": {"threshold": 0.8, "ngram": 5, "num_perm": 128, "removed": 17},
+             "quality": {"judge": {"backend": "fake", "model": "fake-judge"}, "prompt": "quality-ja@1",
+                         "threshold": None, "top_fraction": 0.25, "scored": 40, "kept": 10, "dropped": 30,
+                         "errors": 1}}
+    checks = _section(model_card(cfg, {"stats": stats}), "Training data checks")
+    assert ("- 2 of 40 rakuda questions found in the data: 0 in the training data, 2 only in examples removed "
+            "before training (3 examples dropped as contaminated).") in checks
+    for line in describe_contamination(stats):  # the dataset card's words, not a second wording
+        assert f"- {line}" in checks
+    assert "removed 17 conversation" in checks and "MinHash" in checks
+    assert "kept 10 of 40 scored examples" in checks and "best 25% of each source" in checks
+    # a dataset built without the checks says so; a dataset without stats.json claims nothing
+    plain = _section(model_card(cfg, {"stats": {"sources": stats["sources"]}}), "Training data checks")
+    assert "Not checked for benchmark contamination (data.contamination is null)." in plain
+    assert "Near-duplicate" not in plain and "Judge-scored" not in plain
+    assert "unknown" in _section(model_card(cfg, {}), "Training data checks")
+
+
 def test_card_of_a_tiny_run_has_a_licence_and_its_real_steps(tmp_path, tiny_model_dir, toy_dataset_dir):
     path = write_recipe(tmp_path / "r.yaml", tiny_model_dir, toy_dataset_dir, tmp_path / "run", max_steps=2)
     final = run_training(load_recipe(path))
@@ -88,3 +120,4 @@ def test_card_of_a_tiny_run_has_a_licence_and_its_real_steps(tmp_path, tiny_mode
     assert meta["license"] == "other" and meta["license_name"] == "unknown" and "base_model" not in meta
     assert "## Training length" in card and "| max steps | 2 |" in card
     assert "| optimiser steps | 2 (`max_steps: 2` stopped the run" in card and "| epochs trained | " in card
+    assert "- Not checked for benchmark contamination (data.contamination is null)." in card  # its stats.json

@@ -11,11 +11,11 @@ from typing import Any
 
 
 def build_dataset(cfg: Any, out_dir: str | Path, *, seed: int = 0, on_error: str | None = None,
-                  force: bool = False, echo: Any = None) -> dict:
+                  force: bool = False, echo: Any = None, timer: Any = None, dry_run: bool = False) -> dict:
     """Build a dataset directory from a `DataConfig`; see `ja_instruct.data.build.build_dataset`."""
     from ja_instruct.data.build import build_dataset as _build
 
-    return _build(cfg, out_dir, seed=seed, on_error=on_error, force=force, echo=echo)
+    return _build(cfg, out_dir, seed=seed, on_error=on_error, force=force, echo=echo, timer=timer, dry_run=dry_run)
 
 
 def load_dataset_dir(path: str | Path):

@@ -20,9 +20,17 @@ even as a weight repeat; whole split groups (an ``oasst`` tree, a ``fastchat-ans
 question) go to one side, so no held-out turn is trained on inside a sibling example either.
 ``stats.json`` ``total`` counts the training set only.
 
+Cleaning runs in this order, each step over all sources in recipe order (the first
+source's copy of anything is the one kept): the exact/normalised dedupe and filters
+(`ja_instruct.data.clean`), near-duplicate removal (``clean.near_dedup``,
+`ja_instruct.data.neardup`), the benchmark contamination check (``data.contamination``,
+`ja_instruct.data.contamination`; ``drop`` removes the hits), judge-scored filtering
+(``data.quality``), then the held-out split and the weights.
+
 The manifest's inputs are, per active source, the content hash of its local files
 (hashing 124 MB, ~150k examples, takes 0.1 s against 1 s just to parse them) or the
-hub commit it read (`ja_instruct.data.hub`). A build whose manifest equals the one it
+hub commit it read (`ja_instruct.data.hub`), and the content hash of each benchmark
+question set checked (``benchmark:<label>``). A build whose manifest equals the one it
 would write now does nothing; otherwise it says why it rebuilds (config, seed, a
 changed file, a new upstream commit).
 """
@@ -33,11 +41,14 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ja_instruct.config import resolve_path, save_config
+from ja_instruct.data.card import describe_contamination, write_dataset_card
 from ja_instruct.data.clean import Cleaner
 from ja_instruct.data.config import DataConfig, SourceConfig
 from ja_instruct.data.hub import FULL_SHA, HubCommit, is_builder, is_hub_source, pin_warning, resolve_commit
@@ -49,19 +60,20 @@ from ja_instruct.io import current_umask, read_json, stable_hash, write_json, wr
 from ja_instruct.manifest import (Manifest, file_fingerprint, input_changes, make_manifest, read_manifest,
                                   write_manifest)
 
-# 2: the held-out split (``heldout/``, stats "heldout" keys); the training set changed meaning.
-# 3: the split is made per group (oasst tree, fastchat question), not per example: a version-2
-#    build of those formats leaked held-out turns into training, so it must not look up to date.
-FORMAT_VERSION = 3
+from ja_instruct.data.stats import FORMAT_VERSION, format_markdown, format_table, make_stats
+
 HELDOUT = "heldout"
 
 
-def _features():
+def _features(scored: bool = False):
     from datasets import Features, Value
 
     message = {"role": Value("string"), "content": Value("string")}
-    return Features({"id": Value("string"), "source": Value("string"), "license": Value("string"),
-                     "commercial": Value("bool"), "messages": [message]})
+    columns = {"id": Value("string"), "source": Value("string"), "license": Value("string"),
+               "commercial": Value("bool"), "messages": [message]}
+    if scored:  # only with data.quality: a dataset without it keeps its schema
+        columns["quality"] = Value("float64")
+    return Features(columns)
 
 
 def _source_files(src: SourceConfig, index: int) -> list[Path]:
@@ -95,17 +107,44 @@ def data_inputs(cfg: DataConfig, commits: dict[str, HubCommit]) -> dict[str, str
         files = _source_files(src, i)
         inputs[key] = (file_fingerprint(files[0]) if len(files) == 1 else
                        stable_hash([[str(f), file_fingerprint(f)] for f in files]))
+    if cfg.contamination is not None:
+        from ja_instruct.data.contamination import benchmark_inputs
+
+        inputs.update(benchmark_inputs(cfg.contamination))
+    if cfg.quality is not None:
+        from ja_instruct.data.quality import quality_inputs
+
+        inputs.update(quality_inputs(cfg.quality))
     return inputs
+
+
+def hashed_config(cfg: DataConfig) -> dict:
+    """The data config as the manifest hashes it: what changes the built data, nothing else."""
+    # `on_error` only says whether a bad row stops the build; a build that succeeded is the same
+    # data either way. Hashing it made `data build --on-error skip` (what the error message
+    # advises) look stale to `train`/`run`, which rebuilt with "raise" and failed on that row.
+    data = cfg.model_dump(mode="json", exclude={"on_error"})
+    # Sections added later are left out while off: a recipe that does not use them must keep the
+    # fingerprint it had, or every model trained on its data would look stale.
+    if cfg.clean.near_dedup is None:
+        del data["clean"]["near_dedup"]
+    if cfg.contamination is None:
+        del data["contamination"]
+    if cfg.quality is None:
+        del data["quality"]
+    else:
+        from ja_instruct.data.quality import hashed_quality_config
+
+        # only what changes the scores and the selection: not the cache's place, the judge's
+        # concurrency, retries or prices (the prompt file's content and the endpoint are inputs)
+        data["quality"] = hashed_quality_config(cfg.quality)
+    return data
 
 
 def data_manifest(cfg: DataConfig, seed: int, commits: dict[str, HubCommit] | None = None) -> Manifest:
     """The manifest a build of ``cfg`` with ``seed`` writes (hub commits resolved when not given)."""
     commits = hub_commits(cfg) if commits is None else commits
-    # `on_error` only says whether a bad row stops the build; a build that succeeded is the same
-    # data either way. Hashing it made `data build --on-error skip` (what the error message
-    # advises) look stale to `train`/`run`, which rebuilt with "raise" and failed on that row.
-    config = {"data": cfg.model_dump(mode="json", exclude={"on_error"}), "seed": seed,
-              "format_version": FORMAT_VERSION}
+    config = {"data": hashed_config(cfg), "seed": seed, "format_version": FORMAT_VERSION}
     return make_manifest("data", config, data_inputs(cfg, commits),
                          outputs={"dataset": "dataset", "stats": "stats.json"})
 
@@ -177,7 +216,8 @@ def load_heldout(data_dir: str | Path):
 
 
 def build_dataset(cfg: DataConfig, out_dir: str | Path, *, seed: int = 0, on_error: str | None = None,
-                  force: bool = False, echo: Any = None) -> dict:
+                  force: bool = False, echo: Any = None, timer: Callable[[str, float], None] | None = None,
+                  dry_run: bool = False) -> dict:
     """Build the dataset directory ``out_dir`` from ``cfg`` (see the module doc).
 
     Args:
@@ -187,6 +227,12 @@ def build_dataset(cfg: DataConfig, out_dir: str | Path, *, seed: int = 0, on_err
         on_error: ``"raise"`` / ``"skip"``; overrides ``cfg.on_error`` when given.
         force: rebuild even if ``out_dir`` is complete for the same config.
         echo: where to print the per-source summary (default: ``print`` to stdout).
+        timer: called with ``(step, seconds)`` after each step of a build: ``read``, ``clean`` (summed
+            over the sources), ``near_dedup``, ``contamination`` (when on), ``write``
+            (benchmarks/data_build.py uses it).
+        dry_run: read, clean and check everything, print what judge-scored filtering would cost
+            (``data.quality``: calls not cached, tokens, money), and stop: nothing is written and
+            no judge is called.
 
     Returns:
         The stats dict written to ``stats.json`` (plus ``"skipped": True`` when an
@@ -200,6 +246,11 @@ def build_dataset(cfg: DataConfig, out_dir: str | Path, *, seed: int = 0, on_err
     check_licence_policy(cfg)
     active = [s for s in cfg.sources if s.weight > 0]
     check_paths(cfg.sources)
+    benchmarks = None
+    if cfg.contamination is not None:  # a bad benchmark path fails here, before any source is read
+        from ja_instruct.data.contamination import load_benchmarks
+
+        benchmarks = load_benchmarks(cfg.contamination)
     if out.exists() and any(out.iterdir()) and not (out / "stats.json").is_file() \
             and not (out / "dataset").is_dir() and read_manifest(out, "data") is None:
         # never replace a folder we did not write (a mistyped --out could point anywhere)
@@ -213,17 +264,22 @@ def build_dataset(cfg: DataConfig, out_dir: str | Path, *, seed: int = 0, on_err
     manifest = data_manifest(cfg, seed, commits)
     fp = manifest.fingerprint
     complete = is_complete(out, fp)
-    if complete and not force:
+    if complete and not force and not dry_run:
         echo(f"data: {out} is up to date (already built from the same config, seed and inputs; "
              f"fingerprint {fp}): nothing to do (use --force to rebuild)")
         return {**read_json(out / "stats.json"), "skipped": True}
-    reasons = ["--force"] if complete else rebuild_reasons(out, read_manifest(out, "data"), manifest)
-    echo(f"data: building {out}: {'; '.join(reasons)}")
+    reasons = ([("--force" if force else "up to date, read again for the dry run")] if complete
+               else rebuild_reasons(out, read_manifest(out, "data"), manifest))
+    echo(f"data: {'dry run, nothing is written' if dry_run else 'building'} {out}: {'; '.join(reasons)}")
 
+    timer = timer or (lambda step, seconds: None)
+    clock = {"read": 0.0, "clean": 0.0}
     cleaner = Cleaner(cfg.clean)
     per_source: dict[str, SourceStats] = {s.name: SourceStats() for s in cfg.sources}
     cleaned: list[tuple[SourceConfig, list[dict]]] = []
+    uid = 0
     for src in active:
+        t0 = time.perf_counter()
         st = per_source[src.name]
         commit = commits.get(src.name)
         # read exactly the commit that is recorded (the repo may move while we read it); offline,
@@ -235,7 +291,50 @@ def build_dataset(cfg: DataConfig, out_dir: str | Path, *, seed: int = 0, on_err
             if err.field in ("path", "answers"):  # name the recipe key, not just the source's
                 err.field = f"data.sources[{cfg.sources.index(src)}].{err.field}"
             raise
-        cleaned.append((src, _with_groups(cleaner.clean(parsed, st), parsed)))
+        t1 = time.perf_counter()
+        examples = _with_groups(cleaner.clean(parsed, st), parsed)
+        for ex in examples:  # one identity per example, kept by its copies (ids may repeat)
+            ex["uid"] = uid
+            uid += 1
+        cleaned.append((src, examples))
+        clock["read"] += t1 - t0
+        clock["clean"] += time.perf_counter() - t1
+    timer("read", clock["read"])
+    timer("clean", clock["clean"])
+    extra: dict[str, Any] = {}  # stats sections of the optional steps
+    if cfg.clean.near_dedup is not None:
+        from ja_instruct.data.neardup import run_near_dedup
+
+        t0 = time.perf_counter()
+        cleaned, extra["near_dedup"] = run_near_dedup(cfg.clean, cleaned, per_source, echo)
+        timer("near_dedup", time.perf_counter() - t0)
+    if benchmarks is not None:
+        from ja_instruct.data.contamination import run_check
+
+        t0 = time.perf_counter()
+        cleaned, hits, _ = run_check(cfg.contamination, benchmarks, cleaned, per_source)
+        timer("contamination", time.perf_counter() - t0)
+    if cfg.quality is not None:
+        # Last of the filters, so nothing removed above is paid for; before the split and the
+        # weights, so held-out examples are vetted alike and a weight repeat is scored once.
+        from ja_instruct.data.quality import describe_estimate, estimate, quality_cache_path
+
+        flat = [{**ex, "source": src.name} for src, exs in cleaned for ex in exs]
+        cache = quality_cache_path(cfg.quality, out)
+        if dry_run:
+            echo(describe_estimate(estimate(flat, cfg.quality, cache)))
+        else:
+            t0 = time.perf_counter()
+            cleaned, extra["quality"] = _filter_quality(cfg, cleaned, flat, cache, per_source, echo)
+            timer("quality", time.perf_counter() - t0)
+    if dry_run:
+        if benchmarks is not None:
+            found = len({(h.benchmark, h.question_id) for h in hits})
+            echo(f"data: dry run: {found} benchmark question(s) found in {len({h.uid for h in hits})} example(s) "
+                 f"(data.contamination.mode {cfg.contamination.mode})")
+        kept = sum(len(exs) for _, exs in cleaned)
+        echo(f"data: dry run: {kept} examples left after cleaning and the checks; nothing written")
+        return {"dry_run": True, "kept": kept, **extra}
 
     # Held out before the weights: a held-out example must not reach training as a repeat.
     held = select_heldout([(src.name, exs) for src, exs in cleaned], cfg.heldout, seed)
@@ -249,18 +348,28 @@ def build_dataset(cfg: DataConfig, out_dir: str | Path, *, seed: int = 0, on_err
                         hint="Raise data.heldout.fraction or max_examples.")
     held_groups = {(name, split_group(ex)) for name, ex in held}
     heldout_counts = Counter(name for name, _ in held)
+    scored = cfg.quality is not None  # the dataset gets a `quality` column
     rows: list[dict] = []
+    trained: set[int] = set()
     for src, examples in cleaned:
         training = ([ex for ex in examples if (src.name, split_group(ex)) not in held_groups] if held_groups
                     else examples)
         sampled = apply_weight(training, src, seed) if training else []
         per_source[src.name].sampled = len(sampled)
-        rows.extend(_row(src, ex) for ex in sampled)
+        rows.extend(_row(src, ex, scored) for ex in sampled)
+        trained.update(ex["uid"] for ex in sampled)
+    if benchmarks is not None:  # now that it is known where every example ended
+        from ja_instruct.data.contamination import contamination_stats, mark_splits
+
+        mark_splits(hits, trained, {ex["uid"] for _, ex in held})
+        extra["contamination"] = contamination_stats(cfg.contamination, benchmarks, hits)
+        for line in describe_contamination({"contamination": extra["contamination"]}):
+            echo(f"data: contamination: {line}")
     by_name = {src.name: src for src, _ in cleaned}
-    heldout_rows = [_row(by_name[name], ex) for name, ex in held]
+    heldout_rows = [_row(by_name[name], ex, scored) for name, ex in held]
     if cfg.shuffle:
         rows = shuffle(rows, seed)
-    stats = make_stats(cfg, per_source, rows, seed, fp, commits, heldout=heldout_counts)
+    stats = {**make_stats(cfg, per_source, rows, seed, fp, commits, heldout=heldout_counts), **extra}
     if not rows:
         echo(format_table(stats))
         if held:
@@ -271,8 +380,11 @@ def build_dataset(cfg: DataConfig, out_dir: str | Path, *, seed: int = 0, on_err
                         hint="See the drop reasons above; check the formats, filters and length limits.")
     if heldout_rows:
         manifest.outputs[HELDOUT] = HELDOUT
+    manifest.outputs["card"] = "README.md"
     manifest.details = {"total": len(rows), "heldout": len(heldout_rows), "hub_commits": stats["hub_commits"]}
+    t0 = time.perf_counter()
     _write(out, cfg, rows, heldout_rows, stats, manifest)
+    timer("write", time.perf_counter() - t0)
     echo(format_table(stats))
     echo(f"data: wrote {len(rows)} examples to {out}"
          + (f" (+ {len(heldout_rows)} held out in {out / HELDOUT})" if heldout_rows else ""))
@@ -290,9 +402,43 @@ def _with_groups(kept: list[dict], parsed: list[dict]) -> list[dict]:
     return kept
 
 
-def _row(src: SourceConfig, ex: dict) -> dict:
-    return {"id": ex["id"], "source": src.name, "license": src.license, "commercial": src.allows_commercial,
-            "messages": ex["messages"]}
+def _row(src: SourceConfig, ex: dict, scored: bool = False) -> dict:
+    row = {"id": ex["id"], "source": src.name, "license": src.license, "commercial": src.allows_commercial,
+           "messages": ex["messages"]}
+    if scored:
+        row["quality"] = ex.get("quality")
+    return row
+
+
+def _public_config_yaml(cfg: DataConfig) -> str:
+    """The resolved config as the dataset card shows it: a judge URL without user info or query."""
+    import yaml
+
+    from ja_instruct.judge.backends import public_url
+
+    data = cfg.model_dump(mode="json")
+    if data.get("quality"):
+        data["quality"]["judge"]["base_url"] = public_url(data["quality"]["judge"]["base_url"])
+    return yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
+
+
+def _filter_quality(cfg: DataConfig, cleaned: list[tuple[SourceConfig, list[dict]]], flat: list[dict], cache: Path,
+                    per_source: dict[str, SourceStats], echo) -> tuple[list[tuple[SourceConfig, list[dict]]], dict]:
+    """``data.quality``: score ``flat`` (every example of ``cleaned``, with its source), keep what
+    the rule keeps (each carrying its score under ``quality``); returns the pairs and
+    ``stats["quality"]``."""
+    from ja_instruct.data.quality import describe, dropped_by_source, score_examples, select
+
+    result = score_examples(flat, cfg.quality, cache, echo=echo)
+    kept, stats = select(flat, result, cfg.quality)
+    for name, n in dropped_by_source(flat, kept).items():
+        per_source[name].drop("low_quality", n)
+        per_source[name].kept -= n
+    by_source: dict[str, list[dict]] = {src.name: [] for src, _ in cleaned}
+    for ex in kept:
+        by_source[ex.pop("source")].append(ex)
+    echo(describe(stats))
+    return [(src, by_source[src.name]) for src, _ in cleaned], stats
 
 
 def _write(out: Path, cfg: DataConfig, rows: list[dict], heldout_rows: list[dict], stats: dict,
@@ -308,7 +454,7 @@ def _write(out: Path, cfg: DataConfig, rows: list[dict], heldout_rows: list[dict
         # straight to Arrow: Dataset.from_list would encode every example in Python (~10x slower)
         import pyarrow as pa
 
-        features = _features()
+        features = _features(cfg.quality is not None)
         for name, part in (("dataset", rows), (HELDOUT, heldout_rows)):
             if part:
                 table = pa.Table.from_pylist(part, schema=features.arrow_schema)
@@ -316,6 +462,8 @@ def _write(out: Path, cfg: DataConfig, rows: list[dict], heldout_rows: list[dict
         write_json(tmp / "stats.json", stats)
         write_text(tmp / "stats.md", format_markdown(stats))
         save_config(cfg, tmp)
+        # the Hugging Face dataset card: push_to_hub shows it, so its recipe has no credentials
+        write_dataset_card(tmp, stats, _public_config_yaml(cfg))
         write_manifest(tmp, manifest)
         old = None
         if out.exists():
@@ -327,105 +475,3 @@ def _write(out: Path, cfg: DataConfig, rows: list[dict], heldout_rows: list[dict
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def make_stats(cfg: DataConfig, per_source: dict[str, SourceStats], rows: list[dict], seed: int,
-               fp: str, commits: dict[str, HubCommit] | None = None, heldout: dict[str, int] | None = None) -> dict:
-    """The stats dict of a build (what stats.json holds); ``rows`` is the training set and
-    ``heldout`` the held-out count per source."""
-    commits = commits or {}
-    heldout = heldout or {}
-    total = len(rows)
-    sources = {}
-    dropped: Counter = Counter()
-    for src in cfg.sources:
-        st = per_source[src.name]
-        dropped.update(st.dropped)
-        sources[src.name] = {
-            "path": src.path, "format": src.format, "license": src.license,
-            "commercial": src.allows_commercial, "weight": src.weight,
-            "rows_read": st.rows_read, "conversations": st.examples, "kept": st.kept,
-            "heldout": heldout.get(src.name, 0), "sampled": st.sampled,
-            "dropped": dict(sorted(st.dropped.items())), "share": round(st.sampled / total, 4) if total else 0.0,
-            "errors": st.errors,
-        }
-        if src.name in commits:
-            sources[src.name]["revision"] = src.revision
-            sources[src.name]["commit"] = commits[src.name].sha
-    licences = Counter(r["license"] for r in rows)
-    return {
-        "version": FORMAT_VERSION, "fingerprint": fp, "seed": seed, "licence_policy": cfg.licence_policy,
-        "total": total, "heldout": {"total": sum(heldout.values()), "fraction": cfg.heldout.fraction,
-                                    "max_examples": cfg.heldout.max_examples},
-        "commercial_use_ok": all(r["commercial"] for r in rows),
-        "licenses": dict(sorted(licences.items())), "dropped": dict(sorted(dropped.items())),
-        "mixture": {name: s["share"] for name, s in sources.items()}, "sources": sources,
-        "hub_commits": {name: {"repo": c.repo, "revision": c.revision, "commit": c.sha, "resolved_via": c.via}
-                        for name, c in commits.items()},
-    }
-
-
-def _drops(d: dict) -> str:
-    return ", ".join(f"{k} {v}" for k, v in d.items()) or "-"
-
-
-def format_table(stats: dict) -> str:
-    """The per-source summary printed to the terminal."""
-    head = ("source", "format", "license", "read", "convs", "kept", "heldout", "sampled", "dropped")
-    lines = [[name, s["format"], s["license"], str(s["rows_read"]), str(s["conversations"]), str(s["kept"]),
-              str(s.get("heldout", 0)), str(s["sampled"]), _drops(s["dropped"])]
-             for name, s in stats["sources"].items()]
-    widths = [max(len(r[i]) for r in [list(head)] + lines) for i in range(len(head) - 1)]
-    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1]  # noqa: E731
-    out = [fmt(list(head))] + [fmt(r) for r in lines]
-    out.append(f"total: {stats['total']} examples; licences: {_drops(stats['licenses'])}; "
-               f"policy {stats['licence_policy']}; commercial use ok: {stats['commercial_use_ok']}")
-    if _heldout_total(stats):
-        out.append(_heldout_line(stats))
-    for name, s in stats["sources"].items():
-        for err in s["errors"]:
-            out.append(f"  skipped in {name}: {err}")
-    return "\n".join(out)
-
-
-def _heldout_total(stats: dict) -> int:
-    return (stats.get("heldout") or {}).get("total", 0)
-
-
-def _heldout_line(stats: dict) -> str:
-    h = stats["heldout"]
-    cap = f", at most {h['max_examples']}" if h.get("max_examples") else ""
-    return (f"held out {h['total']} examples for evaluation (data.heldout: fraction {h['fraction']}{cap}); "
-            "they are not in the training set")
-
-
-def format_markdown(stats: dict) -> str:
-    """stats.md: the same numbers as stats.json, for people."""
-    md = ["# Dataset build", "",
-          f"{stats['total']} examples; seed {stats['seed']}; licence policy `{stats['licence_policy']}`; "
-          f"commercial use ok: **{stats['commercial_use_ok']}**; fingerprint `{stats['fingerprint']}`.", "",
-          *([_heldout_line(stats) + " (`heldout/`).", ""] if _heldout_total(stats) else []),
-          "## Sources", "",
-          "| source | format | licence | commercial | weight | rows read | conversations | kept | heldout | sampled "
-          "| share | dropped |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, s in stats["sources"].items():
-        md.append(f"| {name} | {s['format']} | {s['license']} | {s['commercial']} | {s['weight']} | "
-                  f"{s['rows_read']} | {s['conversations']} | {s['kept']} | {s.get('heldout', 0)} | {s['sampled']} | "
-                  f"{s['share']:.1%} | {_drops(s['dropped'])} |")
-    md += ["", "`rows read` counts input records (messages for `oasst`, answers for `fastchat-answers`); "
-           "`conversations` what the format made of them; `kept` after cleaning; `heldout` of those kept out "
-           "of training for evaluation; `sampled` the rest after the weight (the training set).",
-           "", "## Licences", "", "| licence | examples |", "|---|---|"]
-    md += [f"| {lic} | {n} |" for lic, n in stats["licenses"].items()]
-    if stats.get("hub_commits"):
-        md += ["", "## Hub commits read", "", "| source | dataset | revision | commit |", "|---|---|---|---|"]
-        md += [f"| {name} | {c['repo']} | {c['revision'] or '(default branch)'} | {c['commit'] or 'unknown'} |"
-               for name, c in stats["hub_commits"].items()]
-    md += ["", "## Drop reasons", "", "| reason | rows |", "|---|---|"]
-    md += [f"| {k} | {v} |" for k, v in stats["dropped"].items()] or ["| - | 0 |"]
-    errors = [(name, e) for name, s in stats["sources"].items() for e in s["errors"]]
-    if errors:
-        md += ["", "## Skipped rows (first few per source)", ""]
-        md += [f"- {name}: {e}" for name, e in errors]
-    return "\n".join(md) + "\n"

@@ -1,5 +1,8 @@
 """Cleaning: whitespace, empty / length filters and de-duplication across sources.
 
+(Near-duplicates are removed afterwards, across all cleaned sources, by
+`ja_instruct.data.neardup`; it compares `dedup_text`.)
+
 De-duplication keys are hashes of the conversation (or of its prompt only):
 ``exact`` hashes the texts as they are; ``normalized`` hashes them after NFKC
 (full-width ASCII -> ASCII, half-width kana -> full-width), case folding and
@@ -42,6 +45,14 @@ def dedup_key(messages: list[dict], mode: str, key: str) -> bytes:
     for role, text in parts:
         h.update(role.encode() + b"\x1e" + text.encode("utf-8") + b"\x1f")
     return h.digest()
+
+
+def dedup_text(messages: list[dict], key: str) -> str:
+    """The text near-duplicate removal compares: the turns (``key="prompt"``: all but the
+    assistant's) joined and normalised like `normalize_text`. Turn boundaries become spaces, so
+    Alpaca's separate ``input`` turn and the same text merged into the user turn are one text."""
+    return normalize_text("\n".join(m["content"] for m in messages
+                                     if key != "prompt" or m["role"] != "assistant"))
 
 
 class Cleaner:

@@ -1,4 +1,4 @@
-"""``ja-instruct data build RECIPE [--out DIR] [--set KEY=VALUE] [--on-error skip] [--force]``."""
+"""``ja-instruct data build RECIPE [--out DIR] [--set KEY=VALUE] [--on-error skip] [--force] [--dry-run]``."""
 
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--on-error", choices=["raise", "skip"], default=None,
                        help="bad input rows: stop with an error (raise, default) or skip and count them")
     build.add_argument("--force", action="store_true", help="rebuild even if the output is complete")
+    build.add_argument("--dry-run", action="store_true",
+                       help="read, clean and check the sources, print what data.quality's judge scoring would "
+                            "cost (calls not cached, tokens, money) and stop: nothing is written, no judge called")
     build.set_defaults(func=run_build)
 
 
@@ -34,7 +37,7 @@ def run_build(args: argparse.Namespace) -> int:
     recipe = load_recipe_from_args(args)
     cfg = recipe.require("data")
     out = args.out if args.out is not None else recipe.stage_dir("data")
-    build_dataset(cfg, out, seed=recipe.seed, on_error=args.on_error, force=args.force)
-    if args.out is not None:  # later stages (train, run) then read this folder, not the default
+    result = build_dataset(cfg, out, seed=recipe.seed, on_error=args.on_error, force=args.force, dry_run=args.dry_run)
+    if args.out is not None and not result.get("dry_run"):  # later stages (train, run) then read this folder, not the default
         recipe.layout.register("data", out)
     return 0

@@ -1,7 +1,8 @@
 """Config of the data stage: sources, cleaning, mixture and licence policy.
 
 This module is imported for ``--help`` and by `ja_instruct.recipe`, so it may
-import only the stdlib, pydantic and `ja_instruct.config`.
+import only the stdlib, pydantic, `ja_instruct.config` and `ja_instruct.judge.config`
+(itself light: the judge backends are configured, not imported).
 
 A source is one dataset (a local file or folder, or a Hugging Face hub id) in
 one of the `FORMATS`; each carries its licence (an SPDX id) so that the built
@@ -17,6 +18,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ja_instruct.config import StrictModel
+from ja_instruct.judge.config import JudgeBackendConfig
 
 FORMATS = ("alpaca", "oasst", "messages", "fastchat-answers")
 """Names of the source formats (see `ja_instruct.data.sources.READERS`)."""
@@ -131,6 +133,74 @@ class SourceConfig(StrictModel):
         return self.commercial
 
 
+class NearDedupConfig(StrictModel):
+    """Near-duplicate removal: two conversations whose character n-gram sets have an estimated
+    Jaccard similarity at or above ``threshold`` are one (``datasketch`` MinHash LSH)."""
+
+    threshold: float = Field(default=0.8, gt=0.0, le=1.0)
+    """Estimated Jaccard similarity of the two n-gram sets at or above which the later copy is
+    dropped. 0.8 removes copies that differ by a few characters or a re-punctuated sentence and
+    keeps different examples on the same topic."""
+    ngram: int = Field(default=5, ge=1, le=32)
+    """Characters per shingle (after the ``normalized`` text normalisation)."""
+    num_perm: int = Field(default=128, ge=16, le=1024)
+    """MinHash permutations: more is a closer Jaccard estimate and a slower build."""
+
+
+class ContaminationConfig(StrictModel):
+    """Benchmark contamination check: character n-gram overlap between every training (and
+    held-out) example and every question of the listed benchmark question sets."""
+
+    mode: Literal["flag", "drop"] = "flag"
+    """``flag``: list the hits in stats.json, the dataset card and the model card, and keep the
+    examples; ``drop``: also remove the examples that contain a benchmark question
+    (``contaminated``)."""
+    benchmarks: list[str] = Field(default=["embedded:questions_ja.jsonl"], min_length=1)
+    """Question sets to check against, as `generate.questions` names them: a FastChat question
+    JSONL path (Rakuda, Japanese MT-Bench), a parquet/json/csv file or dataset folder, an HF hub id
+    (`yuzuai/rakuda-questions`), or `embedded:NAME`."""
+    ngram: int = Field(default=10, ge=5, le=200)
+    """Characters per n-gram compared, after NFKC and case folding with whitespace, punctuation and
+    control characters removed. 10: one changed character in a 50-character question leaves about
+    80% of its n-grams, and no real answer on the same topics shared half of a question's 10-grams
+    by chance (docs/data.md has the measurement)."""
+    min_overlap: float = Field(default=0.5, gt=0.0, le=1.0)
+    """An example contains a benchmark question when at least this share of the question's
+    n-grams occur in the example's text."""
+
+
+class QualityConfig(StrictModel):
+    """Judge-scored filtering: a judge grades every example (prompt and response) on a Japanese
+    rubric; the examples under the bar are dropped (``low_quality``)."""
+
+    judge: JudgeBackendConfig
+    """The judge model and how it is called, as in the judge stage (`openai`, `hf`, or `fake`
+    for tests and dry runs; required, no default)."""
+    prompt: str = "quality-ja"
+    """Rubric: one of our prompt files in `ja_instruct/judge/prompts/` (`quality-ja`) or a path to a
+    prompt file of the same schema."""
+    threshold: float | None = None
+    """Keep the examples whose score is at least this (1-10 scale). An example the judge could not
+    score (parse error, refusal) is dropped and counted in ``errors``. Exactly one of ``threshold``
+    and ``top_fraction``."""
+    top_fraction: float | None = Field(default=None, gt=0.0, le=1.0)
+    """Keep ceil(top_fraction x n) of each source's n examples, the best scored first (ties broken
+    by id); unscored examples are never kept."""
+    sources: list[str] | None = None
+    """Names of the sources to score and filter; null: every source."""
+    cache: str | None = None
+    """The judgment store (JSONL), shared with nothing else by default:
+    `<data dir>.quality-cache.jsonl` beside the dataset folder, so a rebuild, or a killed build,
+    re-scores only new or changed examples."""
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> "QualityConfig":
+        if (self.threshold is None) == (self.top_fraction is None):
+            raise ValueError("data.quality needs exactly one of threshold (keep scores >= it) and "
+                             "top_fraction (keep the best share of each source)")
+        return self
+
+
 class CleanConfig(StrictModel):
     """Cleaning applied to every conversation after parsing."""
 
@@ -150,6 +220,10 @@ class CleanConfig(StrictModel):
     """Drop conversations longer than this many characters in total (``too_long``); null: no limit."""
     max_turns: int | None = Field(default=None, ge=1)
     """Drop conversations with more than this many assistant turns (``too_many_turns``); null: no limit."""
+    near_dedup: NearDedupConfig | None = None
+    """Near-duplicate removal (``near_duplicate``) after the exact/normalised one: MinHash LSH over
+    character n-grams (Japanese has no spaces to split words on). Like ``dedup``, across all
+    sources, and the copy of the source listed first in the recipe is kept. null: off."""
 
 
 class HeldoutConfig(StrictModel):
@@ -190,6 +264,22 @@ class DataConfig(StrictModel):
     heldout: HeldoutConfig = HeldoutConfig()
     """Held-out split for evaluation (``<out>/heldout``, same columns as the dataset): a share of
     the cleaned examples that never reaches training."""
+    contamination: ContaminationConfig | None = None
+    """Benchmark contamination check (Rakuda, Japanese MT-Bench, the embedded questions, any question
+    set): hits are listed in stats.json and stated in the dataset card, the model card and the
+    report; ``drop`` removes them. null: no check (the cards then say it was not checked)."""
+    quality: QualityConfig | None = None
+    """Judge-scored filtering (scores in the dataset's ``quality`` column and stats.json). null: off."""
+
+    @model_validator(mode="after")
+    def _quality_sources_exist(self) -> "DataConfig":
+        if self.quality is not None and self.quality.sources:
+            names = [s.name for s in self.sources]
+            unknown = [n for n in self.quality.sources if n not in names]
+            if unknown:
+                raise ValueError(f"data.quality.sources names no source: {', '.join(unknown)} "
+                                 f"(the sources are: {', '.join(names)})")
+        return self
 
     @field_validator("sources")
     @classmethod

@@ -106,7 +106,7 @@ def apply_weight(examples: list[dict], src: SourceConfig, seed: int) -> list[dic
 
 
 def _copy(ex: dict, copy: int) -> dict:
-    return ex if copy == 0 else {"id": f"{ex['id']}#{copy}", "messages": ex["messages"]}
+    return ex if copy == 0 else {**ex, "id": f"{ex['id']}#{copy}"}  # a repeat keeps its score, group...
 
 
 def shuffle(rows: list[dict], seed: int) -> list[dict]:

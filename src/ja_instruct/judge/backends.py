@@ -358,6 +358,32 @@ def judge_identity(cfg: JudgeBackendConfig) -> dict:
     return ident
 
 
+def judge_inputs(cfg: JudgeBackendConfig) -> dict[str, str]:
+    """Manifest inputs of a judge that its config does not show: ``endpoint``, the URL an openai
+    judge really calls (with ``base_url`` null it comes from $OPENAI_BASE_URL; hashed, since a
+    URL may carry credentials), and ``model_files``, a local hf judge's files."""
+    from ja_instruct.io import stable_hash
+
+    ident = judge_identity(cfg)
+    inputs = {}
+    if cfg.backend == "openai":
+        inputs["endpoint"] = stable_hash(ident["base_url"])
+    if cfg.backend == "hf" and ident.get("files"):
+        inputs["model_files"] = ident["files"]
+    return inputs
+
+
+def public_url(url: str | None) -> str | None:
+    """``url`` without user info, query and fragment, where credentials may hide: what may be
+    published (stats.json, a dataset card)."""
+    if not url:
+        return url
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, "", ""))
+
+
 def make_backend(cfg: JudgeBackendConfig):
     """The backend named by ``cfg.backend`` (the registry is `BACKENDS`)."""
     return BACKENDS[cfg.backend](cfg)

@@ -19,6 +19,11 @@ _NO_BACKEND = (f"judge.backend.backend is required: name the judge explicitly, o
                "(`fake` only for tests and dry runs), e.g. `judge: {backend: {backend: openai, model: gpt-4o}}`")
 
 
+# Backend settings that change how judging runs, never a judgment: left out of config hashes.
+EXECUTION_FIELDS = frozenset({"concurrency", "requests_per_minute", "max_retries", "backoff_base", "timeout",
+                              "device"})
+
+
 class JudgeBackendConfig(StrictModel):
     """Which judge model answers, and how it is called."""
 

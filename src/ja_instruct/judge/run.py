@@ -26,7 +26,7 @@ from pathlib import Path
 from ja_instruct.config import save_config
 from ja_instruct.errors import UserError
 from ja_instruct.io import write_json, write_jsonl
-from ja_instruct.judge.config import JudgeConfig
+from ja_instruct.judge.config import EXECUTION_FIELDS, JudgeConfig
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ STAGE = "judge"
 # config hash so that, e.g., a lower concurrency does not redo an up-to-date stage.
 # retry_* are handled apart: they re-run the stage only when the manifest records such items.
 _RUN_ONLY = {"retry_parse_errors", "retry_errors"}
-_RUN_ONLY_BACKEND = {"concurrency", "requests_per_minute", "max_retries", "backoff_base", "timeout", "device"}
+_RUN_ONLY_BACKEND = EXECUTION_FIELDS
 
 
 def resolve_config(recipe, judge_prompts: str | Path | None = None, repeats: int | None = None,
@@ -117,16 +117,13 @@ def stage_inputs(cfg: JudgeConfig) -> dict[str, str]:
             path = prompt_mod.PROMPTS_DIR / f"{family}{suffix}.yaml"
             if path.is_file():
                 inputs[f"prompt:{family}{suffix}"] = file_fingerprint(path)
-    from ja_instruct.judge.backends import judge_identity
+    from ja_instruct.judge.backends import judge_inputs
 
-    if cfg.backend.backend == "openai":
-        # with base_url null the endpoint comes from $OPENAI_BASE_URL, which the hashed config
-        # cannot see; hashed, because a URL may carry credentials
-        inputs["endpoint"] = stable_hash(judge_identity(cfg.backend)["base_url"])
-    if cfg.backend.backend == "hf":
-        files = judge_identity(cfg.backend).get("files")
-        if files:
-            inputs["judge_model"] = files
+    judge = judge_inputs(cfg.backend)  # the endpoint really called, a local judge's files
+    if "endpoint" in judge:
+        inputs["endpoint"] = judge["endpoint"]
+    if "model_files" in judge:
+        inputs["judge_model"] = judge["model_files"]
     return inputs
 
 

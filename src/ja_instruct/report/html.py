@@ -209,14 +209,20 @@ def build_context(data: ReportData, scores: dict[str, ModelScores], pairwise: Pa
             lic = "\n".join(f"{k}: {v}" for k, v in lic.items())
         elif lic is not None and not isinstance(lic, str):
             lic = json.dumps(lic, ensure_ascii=False)
+        if lic and info.data_checks:  # shown under the licences they were read with
+            lic += "\n" + "\n".join(info.data_checks)
         model_meta.append({
             "id": m, "path": info.path or "–",
             "generation": yaml.safe_dump(gen, allow_unicode=True, sort_keys=True).strip() if gen else "–",
             "licences": lic or None,
             "licence_source": info.licence_source,
             "licence_note": "not a model trained by this run (no dataset stats found)" if not info.licences else "",
-            "card": info.card,
+            "card": info.card, "data_checks": info.data_checks or [],
         })
+    # A benchmark score means little if the benchmark was trained on: say what the check found
+    # (or that there was none) next to the verdicts, for every model whose training data is known.
+    data_notes = [f"Training data of {m}: {' '.join(data.models[m].data_checks)}" for m in models
+                  if data.models[m].data_checks]
     return {
         "title": title, "version": __version__, "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "judges": sorted({r.judge for r in data.runs}), "prompts": sorted({r.prompt for r in data.runs}),
@@ -230,7 +236,7 @@ def build_context(data: ReportData, scores: dict[str, ModelScores], pairwise: Pa
                   "mode": r.mode, "question_set": r.question_set or "–", "demo": r.backend in DEMO_BACKENDS,
                   "n": sum(1 for j in data.judgments if j.get("judge") == r.judge)} for r in data.runs],
         "model_meta": model_meta, "configs": _configs(data),
-        "verdicts": [v["sentence"] for v in summary["verdicts"]], "notes": summary["notes"],
+        "verdicts": [v["sentence"] for v in summary["verdicts"]], "notes": summary["notes"] + data_notes,
         "signals": signal_table(summary), "baseline": summary["baseline"],
         "nll_files": [{**f, "line": references_line(f)} for f in summary["reference_nll_files"]],
     }

@@ -14,7 +14,8 @@ Where things are found, starting from a judge folder ``J``:
 * each model's path: the generate config's ``models[].path`` (``trained`` = the run layout's
   ``<train>/final``); training-data licences from a ``stats.json`` (the data stage's) found beside
   the model, through the train config's ``dataset_dir``, or in ``<root>/data``; the base model of
-  a trained one: the train config's ``model`` (``<train>/config.yaml``);
+  a trained one: the train config's ``model`` (``<train>/config.yaml``); the benchmark contamination
+  result of that same stats.json (`ja_instruct.data.card.describe_contamination`);
 * reference NLLs: ``reference_nll.json`` in the answers folder (optional; see
   `load_reference_nll`).
 """
@@ -30,6 +31,7 @@ from typing import Any
 import yaml
 
 from ja_instruct.config import UniqueKeyLoader, resolve_path
+from ja_instruct.data.card import describe_contamination
 from ja_instruct.errors import UserError
 from ja_instruct.io import iter_jsonl, read_json
 
@@ -67,6 +69,7 @@ class ModelInfo:
     licence_source: str | None = None
     card: str | None = None
     train_model: str | None = None  # a trained model's base: its train config's ``model``
+    data_checks: list[str] | None = None  # the contamination sentences of its training data's stats.json
 
 
 @dataclass
@@ -243,11 +246,14 @@ def _model_provenance(info: ModelInfo, root: Path | None) -> None:
     for c in cands:
         if c.is_file():
             try:
-                lic = _licences_from_stats(read_json(c))
+                stats = read_json(c)
             except UserError:
                 continue
+            lic = _licences_from_stats(stats) if isinstance(stats, dict) else None
             if lic:
                 info.licences, info.licence_source = lic, str(c)
+                # the same words as the dataset and model cards (one implementation)
+                info.data_checks = describe_contamination(stats)
                 return
 
 

@@ -9,7 +9,8 @@ What a user needs to run the model with nothing but transformers:
 * ``generation_config.json`` with the PLaMo card's sampling defaults;
 * ``README.md``, a model card that states what happened: the base model's hub id and
   licence (front matter ``base_model`` and ``license``), training sources and their
-  licences, the examples kept whole / truncated / dropped at tokenisation (and why), the
+  licences, the training data checks (benchmark contamination, near-duplicate removal, quality
+  filtering: `ja_instruct.data.card`), the examples kept whole / truncated / dropped at tokenisation (and why), the
   optimiser steps, epochs (a fraction when ``max_steps`` stopped the run) and tokens
   actually trained, and the hyper-parameters;
 * ``.complete``: a marker written last, holding the fingerprint of the train manifest
@@ -178,6 +179,15 @@ def _sources_table(stats: dict) -> list[str]:
     return rows
 
 
+def _data_checks(stats: dict) -> list[str]:
+    """"## Training data checks": the benchmark contamination result, near-duplicate removal and
+    judge-scored filtering, in the words of the dataset card (`ja_instruct.data.card`)."""
+    from ja_instruct.data.card import describe_contamination, describe_filters
+
+    lines = describe_contamination(stats) + describe_filters(stats)
+    return ["## Training data checks", "", *[f"- {s}" for s in lines], ""]
+
+
 def _heldout_note(stats: dict) -> list[str]:
     held = stats.get("heldout") if isinstance(stats.get("heldout"), dict) else {}
     n = held.get("total") or 0
@@ -317,6 +327,7 @@ def model_card(cfg: TrainConfig, card: dict) -> str:
         f"licence ({licence or 'unknown'}) and the most restrictive data licence above.",
         *_heldout_note(stats),
         "",
+        *_data_checks(stats),
         *_examples_section(cfg, card.get("tokenise")),
         *training_length(cfg, {"steps": card.get("steps"), **(card.get("trained") or {})}),
         "## Hyper-parameters",
