@@ -248,3 +248,163 @@ def test_paired_ratio_difference_of_shares_over_questions():
     assert res["difference"] == pytest.approx(21 / 24 - 6 / 24) and res["ci95"][0] > 0
     one = stats.paired_ratio_difference([0], [2], [2], [2], bootstrap=500, seed=0)
     assert one["ci95"][0] == one["ci95"][1] == one["difference"] == 1.0
+
+
+# --------------------------------------------------------------------------- flip rate, LC win rate, agreement
+# (issue 11: the bias figures of every pairwise report, measured through the real judge stage)
+
+def _judge_pairwise(tmp_path, monkeypatch, backend_cls, answers: dict[str, list[list[str]]], baseline=None):
+    """Run the real judge stage (pairwise; two models: all pairs, or against ``baseline``) with
+    ``backend_cls`` installed as the ``fake`` backend; ``answers[model][i]`` = the turns of
+    question i. Returns the judgment records."""
+    import json
+
+    from ja_instruct.judge import backends
+    from ja_instruct.judge.config import JudgeConfig
+    from ja_instruct.judge.run import judge_config
+
+    n_turns = len(next(iter(answers.values()))[0])
+    qpath = tmp_path / "questions.jsonl"
+    qpath.write_text("".join(json.dumps({"question_id": i + 1, "category": "writing",
+                                         "turns": [f"質問{i + 1}の{t + 1}つ目"for t in range(n_turns)]},
+                                        ensure_ascii=False) + "\n" for i in range(len(answers[next(iter(answers))]))),
+                     encoding="utf-8")
+    adir = tmp_path / "answers"
+    adir.mkdir()
+    for model, rows in answers.items():
+        (adir / f"{model}.jsonl").write_text("".join(json.dumps(
+            {"question_id": i + 1, "answer_id": f"{model}-{i}", "model_id": model,
+             "choices": [{"index": 0, "turns": turns}], "tstamp": 0.0}, ensure_ascii=False) + "\n"
+            for i, turns in enumerate(rows)), encoding="utf-8")
+    monkeypatch.setitem(backends.BACKENDS, "fake", backend_cls)
+    cfg = JudgeConfig.model_validate({"questions": str(qpath), "answers_dir": str(adir), "bootstrap": 0,
+                                      "mode": "pairwise-baseline" if baseline else "pairwise",
+                                      "baseline": baseline, "backend": {"backend": "fake"}})
+    out = judge_config(cfg, tmp_path / "judge", progress=False)
+    return [json.loads(line) for line in (out / "judgments.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def _verdict_reply(req, first_wins: bool):
+    from ja_instruct.judge.backends import JudgeReply
+
+    return JudgeReply(f"比べました。\n{req.prompt.score_prefix}{'A' if first_wins else 'B'}]]", 10, 5)
+
+
+def _position_judge(p: float):
+    """A judge that, with probability ``p`` (a hash of the request), names the answer shown first,
+    and otherwise the better answer (`fake_quality`, the same in both orders)."""
+    from ja_instruct.judge.backends import FakeBackend, _unit, fake_quality
+
+    class PositionBiasedJudge(FakeBackend):
+        async def judge(self, req):
+            self.calls += 1
+            if _unit("position", req.key) < p:
+                return _verdict_reply(req, True)
+            return _verdict_reply(req, fake_quality(req.answers[0]) > fake_quality(req.answers[1]))
+    return PositionBiasedJudge
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3])
+def test_planted_position_preference_gives_that_flip_rate(tmp_path, monkeypatch, p):
+    # Flip rate implied by p: in the order that shows the better answer first both branches name
+    # it; in the other order the verdict changes exactly when the position branch is taken. So a
+    # pair flips with probability p, and the first-shown answer wins (1 + p) / 2 of the verdicts.
+    n = 300  # questions x 2 turns = 600 pairs: the flip rate's sd is sqrt(p (1-p) / 600) <= 0.019
+    answers = {m: [[f"{m}の答え{i}-{t}" for t in range(2)] for i in range(n)] for m in ("model-x", "model-y")}
+    records = _judge_pairwise(tmp_path, monkeypatch, _position_judge(p), answers)
+    assert len(records) == n * 2 * 2
+    flip = stats.flip_rate(records)
+    assert flip == pytest.approx(p, abs=0.05)
+    assert stats.first_position_win_rate(records) == pytest.approx((1 + p) / 2, abs=0.05)
+    # the old names measure the same things
+    assert stats.first_position_win_rate(records) == pytest.approx((1 + stats.position_bias(records)) / 2)
+    assert flip == stats.inconsistency(stats.combine_orders(records))
+
+
+def test_flip_and_first_position_by_hand():
+    recs = [_pair("q1", "AB", "A"), _pair("q1", "BA", "A"),     # stable
+            _pair("q2", "AB", "A"), _pair("q2", "BA", "B"),     # flips (first shown wins both times)
+            _pair("q3", "AB", "tie"), _pair("q3", "BA", "B"),   # flips (tie -> B)
+            _pair("q4", "AB", "B")]                             # one order only: not a couple
+    assert stats.flip_rate(recs) == pytest.approx(2 / 3)
+    # decisive: q1 AB first, q1 BA second, q2 AB first, q2 BA first, q3 BA first (y shown first), q4 AB second
+    assert stats.first_position_win_rate(recs) == pytest.approx(4 / 6)
+    assert stats.flip_rate([]) is None and stats.first_position_win_rate([_pair("q", "AB", "tie")]) is None
+
+
+def _length_judge(strength: float, scale: float):
+    """Two answers of EQUAL quality; the judge prefers the longer one: the first wins with
+    probability sigmoid(strength * tanh((len first - len second) / scale))."""
+    from ja_instruct.judge.backends import FakeBackend, _unit
+
+    class LengthBiasedJudge(FakeBackend):
+        async def judge(self, req):
+            self.calls += 1
+            d = len(req.answers[0]) - len(req.answers[1])
+            return _verdict_reply(req, _unit("length", req.key) < expit(strength * math.tanh(d / scale)))
+    return LengthBiasedJudge
+
+
+def test_lc_win_rate_removes_a_planted_length_preference(tmp_path, monkeypatch):
+    rng = np.random.default_rng(7)
+    n = 400
+    # model-long writes ~1.6x longer answers; the two length distributions overlap
+    lengths = {"model-long": rng.lognormal(5.5, 0.45, (n, 2)), "model-short": rng.lognormal(5.0, 0.45, (n, 2))}
+    answers = {m: [["あ" * int(v) for v in row] for row in ls] for m, ls in lengths.items()}
+    records = _judge_pairwise(tmp_path, monkeypatch, _length_judge(3.0, 150.0), answers, baseline="model-short")
+    chars = {(m, i + 1, t + 1): len(answers[m][i][t]) for m in answers for i in range(n) for t in range(2)}
+    raw = np.mean([stats.VERDICT_VALUE[r["verdict"]] if r["model_a"] == "model-long"
+                   else 1 - stats.VERDICT_VALUE[r["verdict"]] for r in records])
+    lc = stats.lc_win_rate(records, chars, "model-short")
+    assert set(lc) == {"model-long"}
+    assert raw > 0.65                    # the judge's length preference shows in the raw win rate
+    assert 0.45 <= lc["model-long"] <= 0.55
+    # question ids as strings in the lengths (as a JSON round trip gives them) find the same rows
+    assert stats.lc_win_rate(records, {(m, str(q), t): v for (m, q, t), v in chars.items()},
+                             "model-short") == pytest.approx(lc)
+
+
+def test_lc_win_rate_keeps_a_real_difference_at_equal_lengths():
+    # equal lengths: the length term is 0, so the LC win rate is the (lightly penalised) raw rate
+    rng = np.random.default_rng(1)
+    recs, chars = [], {}
+    for q in range(200):
+        chars[("x", q, 1)] = chars[("y", q, 1)] = 100
+        for order in ("AB", "BA"):
+            recs.append({"mode": "pairwise", "question_id": q, "turn": 1, "model_a": "x", "model_b": "y",
+                         "order": order, "verdict": "A" if rng.random() < 0.75 else "B"})
+    raw = np.mean([r["verdict"] == "A" for r in recs])
+    lc = stats.lc_win_rate(recs, chars, "y")
+    assert lc["x"] == pytest.approx(raw, abs=0.01)
+    # baseline None = the first model in sorted order ("x"): y's rate against x, the mirror image
+    assert stats.lc_win_rate(recs, chars) == {"y": pytest.approx(1 - lc["x"], abs=1e-6)}
+    assert stats.lc_win_rate(recs, {}, "y") == {}           # no lengths: nothing to control for
+
+
+def test_agreement_equals_scipy_and_qwk_by_hand():
+    from scipy.stats import kendalltau, spearmanr
+
+    x = [1, 2, 3, 3, 5, 4, 2, 1, 5, 3]
+    y = [2, 2, 3, 4, 4, 4, 1, 1, 5, 2]
+    a = stats.agreement(x, y, ordinal=True)
+    assert a["n"] == 10
+    assert a["spearman"] == pytest.approx(spearmanr(x, y)[0])
+    assert a["kendall"] == pytest.approx(kendalltau(x, y)[0])
+    assert a["mad"] == pytest.approx(np.mean(np.abs(np.subtract(x, y))))
+    # QWK by hand for x = [1,2,3,3], y = [1,3,3,2]: observed pairs (1,1) (2,3) (3,3) (3,2) -> sum W O =
+    # 0 + 1 + 0 + 1 = 2; margins r = c = (1, 1, 2), n = 4: sum W E = (1/4) sum r_i c_j (i-j)^2 =
+    # (1/4)(1*1*1 + 1*2*4 + 1*1*1 + 1*2*1 + 2*1*4 + 2*1*1) = 22/4; kappa = 1 - 2/5.5 = 7/11
+    assert stats.agreement([1, 2, 3, 3], [1, 3, 3, 2], ordinal=True)["qwk"] == pytest.approx(7 / 11)
+    assert stats.quadratic_kappa([1, 2.4, 2.5], [1, 2, 3]) == pytest.approx(1.0)  # rounded half up to grades
+    assert stats.agreement(x, x, ordinal=True)["qwk"] == pytest.approx(1.0)
+    cont = stats.agreement([0.1, 0.5, 0.9], [0.2, 0.4, 0.95], ordinal=False)
+    assert cont["qwk"] is None and cont["spearman"] == pytest.approx(1.0)
+    const = stats.agreement([3, 3, 3], [1, 2, 3], ordinal=True)
+    assert const["spearman"] is None and const["kendall"] is None and const["n"] == 3
+
+
+def test_agreement_of_fewer_than_three_items_claims_nothing():
+    # any two points give rho = +-1: that is not agreement
+    two = stats.agreement([1, 5], [2, 4], ordinal=True)
+    assert two["n"] == 2 and two["spearman"] is None and two["kendall"] is None and two["qwk"] is None
+    assert two["mad"] == pytest.approx(1.0)

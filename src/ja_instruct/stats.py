@@ -27,7 +27,13 @@ certainty the data do not give.
 **Position bias** = (decisive verdicts won by the answer shown first - those won by the
 answer shown second) / decisive verdicts, over the ordered judgments: in [-1, 1], 0 = none,
 +1 = the first answer always wins. **Inconsistency** = share of pairs judged in both orders
-whose two verdicts differ (those pairs count as a tie in the win/tie/loss counts).
+whose two verdicts differ (those pairs count as a tie in the win/tie/loss counts); `flip_rate` is
+the same figure from the records. **First-position win rate** = share of decisive ordered
+verdicts won by the first-shown answer (``(1 + position bias) / 2``; 0.5 = none).
+
+**Length-controlled win rate** (`lc_win_rate`): AlpacaEval 2's length GLM, reimplemented with
+scipy. **Agreement** (`agreement`): Spearman, Kendall, quadratic-weighted kappa and mean absolute
+difference of two raters' scores of the same items (judge vs judge, judge vs humans).
 """
 
 from __future__ import annotations
@@ -133,8 +139,8 @@ def combine_orders(records: list[dict]) -> list[dict]:
     return out
 
 
-def position_bias(records: list[dict]) -> float | None:
-    """(first-shown wins - second-shown wins) / decisive ordered verdicts; None when none."""
+def _position_counts(records: list[dict]) -> tuple[int, int]:
+    """(decisive ordered verdicts won by the answer shown first, those won by the one shown second)."""
     first = second = 0
     for r in pairwise_ok(records):
         if r["verdict"] != "tie":
@@ -142,13 +148,33 @@ def position_bias(records: list[dict]) -> float | None:
                 first += 1
             else:
                 second += 1
+    return first, second
+
+
+def position_bias(records: list[dict]) -> float | None:
+    """(first-shown wins - second-shown wins) / decisive ordered verdicts; None when none."""
+    first, second = _position_counts(records)
     return (first - second) / (first + second) if first + second else None
+
+
+def first_position_win_rate(records: list[dict]) -> float | None:
+    """Share of the decisive ordered verdicts (ties left out) won by the answer shown first:
+    0.5 = no position preference; ``(1 + position_bias) / 2``. None when no verdict is decisive."""
+    first, second = _position_counts(records)
+    return first / (first + second) if first + second else None
 
 
 def inconsistency(combined: list[dict]) -> float | None:
     """Share of pairs judged in both orders whose verdicts differ (from `combine_orders`)."""
     both = [c for c in combined if c["verdict"] is not None]
     return sum(c["inconsistent"] for c in both) / len(both) if both else None
+
+
+def flip_rate(records: list[dict]) -> float | None:
+    """Share of the pairs judged in both orders (per judge, question, turn, pair and repeat)
+    whose verdict changes when the two answers swap places (A -> tie counts as a change):
+    `inconsistency` of `combine_orders`. None when no pair has both orders."""
+    return inconsistency(combine_orders(records))
 
 
 # --------------------------------------------------------------------------- bootstrap
@@ -342,3 +368,151 @@ def paired_ratio_difference(base_num, base_den, new_num, new_den, bootstrap: int
     cis = {ci_key(lv): (_interval(boot, diff, se, lv) if w.shape[0] else None) for lv in levels}
     return {"n": int(n), "base": float(ra), "new": float(rb), "difference": diff, "lower": lower,
             "higher": higher, **cis}
+
+
+# --------------------------------------------------------------------------- length-controlled win rate
+
+LC_CS = np.logspace(-4, 4, 10)  # the grid of inverse penalties AlpacaEval's cross-validation picks from
+LC_FOLDS = 5                    # question folds of that cross-validation
+LC_DEFAULT_C = 100.0            # the penalty AlpacaEval uses when there is nothing to cross-validate
+
+
+def _lc_lengths(lengths: dict) -> dict[tuple[str, str, int], float]:
+    """``lengths`` keyed by ``(model, str(question_id), int(turn))`` (ids may be int or str in records)."""
+    return {(str(m), str(q), int(t)): float(v) for (m, q, t), v in lengths.items() if v is not None}
+
+
+def _soft_loss(w: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Summed log loss of soft labels ``y`` (a tie is 0.5) under ``sigmoid(X w)``, and its gradient."""
+    z = X @ w
+    f = float((y * np.logaddexp(0.0, -z) + (1 - y) * np.logaddexp(0.0, z)).sum())
+    return f, X.T @ (expit(z) - y)
+
+
+def _l1_logistic(X: np.ndarray, y: np.ndarray, C: float) -> np.ndarray:
+    """``argmin C * loss(w) + |w|_1`` (liblinear's L1 objective, which AlpacaEval fits): ``w`` is split
+    into non-negative parts ``u - v`` so that L-BFGS-B can handle the kink at 0."""
+    k, n = X.shape[1], max(len(y), 1)
+
+    def obj(uv):  # the same minimiser divided by C n: well scaled for every C of the grid
+        f, g = _soft_loss(uv[:k] - uv[k:], X, y)
+        pen = 1.0 / (C * n)
+        return f / n + pen * uv.sum(), np.r_[g / n + pen, -g / n + pen]
+
+    res = minimize(obj, np.zeros(2 * k), jac=True, method="L-BFGS-B", bounds=[(0, None)] * (2 * k),
+                   options={"maxiter": 1000, "ftol": 1e-14, "gtol": 1e-10})
+    return res.x[:k] - res.x[k:]
+
+
+def _lc_fit(y: np.ndarray, delta: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """AlpacaEval 2's length GLM for one model against the baseline: ``P(model wins) =
+    sigmoid(theta_model + theta_len * tanh(delta / std(delta)))``, no other intercept, L1 penalty
+    whose strength is chosen by grouped (per question) cross-validation of the log loss."""
+    sd = float(np.std(delta, ddof=1)) if delta.size > 1 else 0.0
+    X = np.c_[np.ones_like(delta), np.tanh(delta / sd) if sd > 0 else np.zeros_like(delta)]
+    folds = np.unique(groups, return_inverse=True)[1] % LC_FOLDS  # question i -> fold i mod 5
+    if len(np.unique(folds)) < 2:
+        return _l1_logistic(X, y, LC_DEFAULT_C)
+    losses = []
+    for C in LC_CS:
+        fold_loss = []
+        for f in np.unique(folds):
+            w = _l1_logistic(X[folds != f], y[folds != f], C)
+            fold_loss.append(_soft_loss(w, X[folds == f], y[folds == f])[0] / np.sum(folds == f))
+        losses.append(np.mean(fold_loss))
+    return _l1_logistic(X, y, float(LC_CS[int(np.argmin(losses))]))
+
+
+def lc_win_rate(records: list[dict], lengths: dict, baseline: str | None = None) -> dict[str, float]:
+    """Length-controlled win rate of every model against ``baseline`` (AlpacaEval 2's, reimplemented).
+
+    For each model separately, its ordered pairwise judgments against the baseline (a win 1, a
+    tie 0.5, a loss 0; both orders, every turn) are regressed on a model term and the length
+    term ``tanh(delta / std delta)``, ``delta`` = the model's answer length minus the baseline's
+    in ``lengths[(model, question_id, turn)]`` (characters; judgments without both lengths are left
+    out). The LC win rate is the mean predicted win probability with the length difference set to
+    0: what the judge would say if both answers were equally long. Like AlpacaEval the fit has no
+    intercept beyond the model term and an L1 penalty chosen by 5-fold cross-validation over
+    questions (grid ``LC_CS``); unlike it there is no per-instruction difficulty term and no
+    regularisation towards AlpacaEval's own "gamed" models (neither exists for our question sets).
+
+    ``baseline`` None = the first model in sorted order. Returns ``{model: rate}`` for each model
+    with at least one usable judgment against the baseline (the baseline itself is left out).
+    """
+    ok = pairwise_ok(records)
+    if baseline is None:
+        models = sorted({r["model_a"] for r in ok} | {r["model_b"] for r in ok})
+        if not models:
+            return {}
+        baseline = models[0]
+    lens = _lc_lengths(lengths)
+    rows: dict[str, list[tuple[float, float, str]]] = {}
+    for r in ok:
+        if baseline not in (r["model_a"], r["model_b"]) or r["model_a"] == r["model_b"]:
+            continue
+        m = r["model_b"] if r["model_a"] == baseline else r["model_a"]
+        key = (str(r["question_id"]), int(r.get("turn") or 1))
+        lm, lb = lens.get((m, *key)), lens.get((baseline, *key))
+        if lm is None or lb is None:
+            continue
+        wa = VERDICT_VALUE[r["verdict"]]
+        rows.setdefault(m, []).append((wa if r["model_a"] == m else 1.0 - wa, lm - lb, key[0]))
+    out = {}
+    for m, obs in sorted(rows.items()):
+        y, delta, groups = (np.array(col) for col in zip(*obs))
+        w = _lc_fit(y.astype(float), delta.astype(float), groups)
+        out[m] = float(np.mean(expit(np.full(len(y), w[0]))))  # every judgment, length term at 0
+    return out
+
+
+# --------------------------------------------------------------------------- agreement
+
+def to_grades(values) -> np.ndarray:
+    """Scores rounded half up to integer grades (a mean over repeats of 2.5 is grade 3)."""
+    return np.floor(np.asarray(values, dtype=float) + 0.5).astype(int)
+
+
+def quadratic_kappa(x, y) -> float | None:
+    """Cohen's kappa with quadratic weights of two raters' integer grades (`to_grades`):
+    ``1 - sum(W O) / sum(W E)``, ``O`` the confusion matrix over the grades lo..hi seen on either
+    side, ``E`` the outer product of its margins / n, ``W_ij = (i - j)^2``. None when undefined
+    (no items, or both raters give one and the same grade)."""
+    a, b = to_grades(x), to_grades(y)
+    if a.size == 0:
+        return None
+    lo, k = min(a.min(), b.min()), int(max(a.max(), b.max()) - min(a.min(), b.min())) + 1
+    O = np.zeros((k, k))
+    np.add.at(O, (a - lo, b - lo), 1.0)
+    E = np.outer(O.sum(1), O.sum(0)) / O.sum()
+    i = np.arange(k)
+    W = (i[:, None] - i[None, :]) ** 2.0
+    den = float((W * E).sum())
+    return 1.0 - float((W * O).sum()) / den if den > 0 else None
+
+
+def agreement(x, y, *, ordinal: bool) -> dict:
+    """How far two raters of the same items agree (``x[i]``, ``y[i]``: their scores of item i)::
+
+        {"n", "spearman", "kendall", "qwk", "mad"}
+
+    Spearman's rho and Kendall's tau-b by `scipy.stats`, ``qwk`` the quadratic-weighted kappa of
+    the scores rounded to integer grades (`quadratic_kappa`; None unless ``ordinal``), ``mad`` the
+    mean absolute difference. A figure that is undefined or meaningless (fewer than 3 items, one side
+    constant) is None.
+    """
+    from scipy.stats import kendalltau, spearmanr
+
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError("agreement: x and y must be 1-d with one score per item each")
+    out = {"n": int(a.size), "spearman": None, "kendall": None, "qwk": None,
+           "mad": float(np.abs(a - b).mean()) if a.size else None}
+    # Fewer than 3 items: any two points give +-1, which would read as perfect (dis)agreement.
+    # Constant input: both coefficients are undefined.
+    if a.size >= 3 and np.ptp(a) > 0 and np.ptp(b) > 0:
+        rho, tau = spearmanr(a, b)[0], kendalltau(a, b)[0]
+        out["spearman"] = float(rho) if np.isfinite(rho) else None
+        out["kendall"] = float(tau) if np.isfinite(tau) else None
+    if ordinal and a.size >= 3:
+        out["qwk"] = quadratic_kappa(a, b)
+    return out

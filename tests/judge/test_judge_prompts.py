@@ -14,7 +14,7 @@ def test_builtin_prompts_load_and_render():
     assert {"single-ja", "single-ja-ref", "single-ja-multi", "pair-ja", "pair-ja-multi"} <= set(names)
     ps = PromptSet()
     p = ps.get("single", ref=False, multi=False)
-    assert p.id == "single-ja@1" and p.output_format == "rating"
+    assert p.id == "single-ja@2" and p.output_format == "rating"
     text = p.render(build_context(["日本の首都は？"], ["東京です。"]))
     assert "日本の首都は？" in text and "東京です。" in text and "評価：[[" in text
     ref = ps.get("single", ref=True, multi=False)

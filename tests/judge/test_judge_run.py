@@ -26,9 +26,9 @@ def test_single_mode_outputs(make_recipe, tmp_path):
     assert all(JUDGMENT_KEYS <= set(r) for r in recs)
     assert all(1 <= r["score"] <= 10 and r["status"] == "ok" for r in recs)
     by = {(r["model"], str(r["question_id"]), r["turn"]): r for r in recs}
-    assert by[("model-a", "3", 1)]["prompt"] == "single-ja-ref@1"  # math has a reference
-    assert by[("model-a", "3", 2)]["prompt"] == "single-ja-multi@1"
-    assert by[("model-a", "4", 1)]["prompt"] == "single-ja@1"
+    assert by[("model-a", "3", 1)]["prompt"] == "single-ja-ref@2"  # math has a reference
+    assert by[("model-a", "3", 2)]["prompt"] == "single-ja-multi@2"
+    assert by[("model-a", "4", 1)]["prompt"] == "single-ja@2"
     assert by[("model-c", "q2", 1)]["score"] == 1.0  # empty answer
     assert summ["mode"] == "single" and summ["pairwise"] is None
     m = summ["models"]["model-a"]

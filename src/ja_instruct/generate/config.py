@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from ja_instruct.config import StrictModel
 from ja_instruct.secrets import env_var_name
@@ -160,7 +160,8 @@ class GenerateConfig(StrictModel):
     questions: str = "embedded:questions_ja.jsonl"
     """Question set: a local FastChat question JSONL (`turns`; Rakuda v1 `text` also read), a local
     parquet/json/csv file or dataset folder, an HF hub dataset id (`yuzuai/rakuda-questions`), or
-    `embedded:questions_ja.jsonl` (the project's own set)."""
+    `embedded:questions_ja.jsonl` (the project's own set). ELYZA-tasks-100 rows (`input`, `output` = the
+    reference, `eval_aspect`; CSV/JSONL/parquet, or `elyza/ELYZA-tasks-100`) load with ids 1..N."""
     split: str = "train"
     """Split to read when `questions` is an HF hub id or a dataset folder."""
     reference_answers: str | None = None
@@ -187,6 +188,12 @@ class GenerateConfig(StrictModel):
     extraction/math/coding/reasoning 0.0); `category_temperature` entries still win."""
     seed: int | None = None
     """Sampling seed; default the recipe's `seed`."""
+    samples: int = Field(default=1, ge=1, le=100)
+    """Answers per question and model, stored as the FastChat record's `choices` (index 0..N-1;
+    sample k is drawn with seed + k). JA MT-Bench leaderboard mode (Swallow's protocol) uses 5 with
+    `mt_bench_temperatures: true`; the judge grades every sample and reports the mean over samples
+    with their spread. Greedy hf/vllm questions (temperature 0) are answered once and copied N times;
+    an openai endpoint is asked N times with seed + k. Raising N keeps the samples already made."""
     reference_nll: ReferenceNLLConfig | None = None
     """Also score each hf/vllm model on reference answers: the mean negative log-likelihood per
     answer token (on the held-out split, the model's held-out "eval loss"; lower is better), in
@@ -208,6 +215,15 @@ class GenerateConfig(StrictModel):
         if dup:
             raise ValueError(f"model ids must be unique (repeated: {', '.join(dup)})")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_default_samples(self, handler):
+        # One sample is what every answer file meant before `samples` existed: leaving it out of
+        # the dump keeps the hashed config, and so the manifests of existing runs, unchanged.
+        data = handler(self)
+        if isinstance(data, dict) and self.samples == 1:
+            data.pop("samples", None)
+        return data
 
     def temperature_for(self, category: str | None) -> float:
         """The temperature for a question of ``category`` (per-category override, preset, default)."""

@@ -1,4 +1,4 @@
-"""Question sets: Rakuda (v1 `text`, v2 `turns`), Japanese MT-Bench, FastChat JSONL, HF hub ids.
+"""Question sets: Rakuda (v1 `text`, v2 `turns`), Japanese MT-Bench, FastChat JSONL, ELYZA-tasks-100, HF hub ids.
 
 Every set becomes a list of `Question`. Sources, in the order they are tried:
 
@@ -8,7 +8,15 @@ Every set becomes a list of `Question`. Sources, in the order they are tried:
   ``save_to_disk`` dataset or a folder of data files): read with ``datasets``;
 * anything that looks like a path but does not exist: a `UserError`;
 * otherwise an HF hub dataset id (``yuzuai/rakuda-questions``) through
-  ``datasets.load_dataset``; a failure (offline, unknown id) is a `UserError`.
+  ``datasets.load_dataset``; a failure (offline, unknown id) is a `UserError`. A hub set
+  without the requested split but with a single one (``elyza/ELYZA-tasks-100`` has only
+  ``test``) is read from that split.
+
+ELYZA-tasks-100 (``input``, ``output`` = the reference answer, ``eval_aspect`` = the item's
+own grading aspect; no id, no category) is recognised by its columns: when the first row has
+``input`` and none of ``turns``/``text``/``question``, every row of the source is read that
+way, as question_id = its 1-based row number, category ``"elyza"``, turns ``[input]``,
+reference ``[output]`` and `Question.eval_aspect`.
 
 The judge stage reuses `load_questions` so both stages agree on ids and turns.
 """
@@ -38,12 +46,16 @@ class Question:
         category: the question's category (``地理``, ``writing``...); ``"general"`` if the set has none.
         turns: the user turns; MT-Bench has two, the second asked after the model's first answer.
         reference: reference answers, one per turn, for reference-guided judging; None if absent.
+        eval_aspect: the item's own grading aspect (ELYZA-tasks-100's ``eval_aspect``), shown to
+            the judge; None for sets without one. Not part of what the model is asked, so not
+            part of an answer's fingerprint.
     """
 
     question_id: int | str
     category: str
     turns: list[str]
     reference: list[str] | None = field(default=None)
+    eval_aspect: str | None = field(default=None)
 
     @property
     def key(self) -> str:
@@ -62,7 +74,8 @@ def _as_turns(value: Any) -> list[str] | None:
 
 
 def question_from_record(rec: dict, *, file: str | Path | None = None, line: int | None = None) -> Question:
-    """Normalise one record: FastChat/Rakuda v2 (`turns`), Rakuda v1 (`text`), `reference` (list or str)."""
+    """Normalise one record: FastChat/Rakuda v2 (`turns`), Rakuda v1 (`text`), `reference` (list or str),
+    `eval_aspect` (as `questions_to_jsonl_records` writes an ELYZA item back)."""
     qid = rec.get("question_id", rec.get("id"))
     if qid is None or isinstance(qid, (dict, list, bool)):
         raise UserError("question has no 'question_id'", file=file, line=line,
@@ -75,7 +88,38 @@ def question_from_record(rec: dict, *, file: str | Path | None = None, line: int
                         hint="'turns' must be a non-empty list of non-empty strings.")
     ref = _as_turns(rec.get("reference"))
     category = rec.get("category") or "general"
-    return Question(question_id=qid, category=str(category), turns=turns, reference=ref or None)
+    aspect = rec.get("eval_aspect")
+    return Question(question_id=qid, category=str(category), turns=turns, reference=ref or None,
+                    eval_aspect=aspect if isinstance(aspect, str) and aspect.strip() else None)
+
+
+# ELYZA-tasks-100's category (it has none of its own) and the columns that mark its format.
+ELYZA_CATEGORY = "elyza"
+_TURN_COLUMNS = ("turns", "text", "question")
+
+
+def is_elyza_record(rec: dict) -> bool:
+    """Whether a row is in ELYZA-tasks-100's format: ``input`` (or, when it is missing, ELYZA's
+    other columns ``eval_aspect`` / ``output``, so the error names what ELYZA needs) and none of
+    turns/text/question."""
+    return any(k in rec for k in ("input", "eval_aspect", "output")) and not any(k in rec for k in _TURN_COLUMNS)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def question_from_elyza(rec: dict, row: int, *, file: str | Path | None = None,
+                        line: int | None = None) -> Question:
+    """One ELYZA-tasks-100 row (``input``, ``output``, ``eval_aspect``) as question ``row`` (1-based)."""
+    prompt = _text(rec.get("input"))
+    if prompt is None:
+        raise UserError(f"ELYZA-tasks row {row} has no 'input' (the task)", file=file, line=line,
+                        hint="Each ELYZA-tasks-100 row needs input, output (the reference answer) and "
+                             "eval_aspect.")
+    ref = _text(rec.get("output"))
+    return Question(question_id=row, category=ELYZA_CATEGORY, turns=[prompt], reference=[ref] if ref else None,
+                    eval_aspect=_text(rec.get("eval_aspect")))
 
 
 def _looks_like_path(s: str) -> bool:
@@ -93,7 +137,12 @@ def _records_from_datasets(kind: str, source: str, split: str) -> Iterable[dict]
             if isinstance(ds, datasets.DatasetDict):
                 ds = ds[split] if split in ds else ds[next(iter(ds))]
         elif kind == "hub-or-dir":
-            ds = datasets.load_dataset(source, split=split)
+            ds = datasets.load_dataset(source)
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds and len(ds) != 1:
+                    raise UserError(f"'{source}' has no split '{split}'", field="generate.split",
+                                    hint=f"Its splits: {', '.join(ds)}.")
+                ds = ds[split] if split in ds else ds[next(iter(ds))]
         else:
             ds = datasets.load_dataset(kind, data_files=source, split="train")
     except UserError:
@@ -171,8 +220,12 @@ def load_questions(source: str | Path, *, split: str = "train", references: str 
     """
     questions: list[Question] = []
     seen: dict[str, tuple[str, int | None]] = {}
-    for file, line, rec in read_question_records(str(source), split):
-        q = question_from_record(rec, file=file, line=line)
+    elyza: bool | None = None  # decided by the first row: one format per source
+    for row, (file, line, rec) in enumerate(read_question_records(str(source), split), 1):
+        if elyza is None:
+            elyza = is_elyza_record(rec)
+        q = question_from_elyza(rec, row, file=file, line=line) if elyza else \
+            question_from_record(rec, file=file, line=line)
         if q.key in seen:
             raise UserError(f"duplicate question_id {q.question_id!r} (first at line {seen[q.key][1]})",
                             file=file, line=line, hint="Question ids must be unique within a set.")
@@ -197,6 +250,8 @@ def questions_to_jsonl_records(questions: list[Question]) -> list[dict]:
         rec: dict[str, Any] = {"question_id": q.question_id, "category": q.category, "turns": q.turns}
         if q.reference is not None:
             rec["reference"] = q.reference
+        if q.eval_aspect is not None:
+            rec["eval_aspect"] = q.eval_aspect
         out.append(rec)
     return out
 

@@ -25,10 +25,21 @@ as soon as all their turns are done.
 
 Multi-turn (Japanese MT-Bench): turn k is asked with the model's own answers to turns
 1..k-1 in the conversation, exactly as FastChat's ``gen_model_answer`` does.
+
+Samples (``generate.samples`` N, JA MT-Bench leaderboard mode): each record's ``choices``
+holds N answers ``{"index": k, "turns": [...], "health": [...]}``, sample k drawn with
+seed + k, each its own conversation (turn 2 of sample k follows sample k's turn 1); the
+record's ``health`` is sample 0's. With N = 1 a record is exactly what it was before
+samples existed (no per-choice ``health``). Greedy local decoding (hf/vllm at temperature
+0, where the seed changes nothing) answers once and copies that answer N times. Changing N
+keeps every current sample: raising it generates only the missing ones (the record leaves
+the file and comes back whole once its samples are complete; a run killed in between
+answers that question again), lowering it drops the last ones.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import time
@@ -40,9 +51,9 @@ from pathlib import Path
 
 from ja_instruct.config import save_config
 from ja_instruct.errors import UserError
-from ja_instruct.generate.backends import Backend, SamplingParams, get_backend_class
+from ja_instruct.generate.backends import Backend, Generation, SamplingParams, get_backend_class
 from ja_instruct.generate.config import GenerateConfig, ModelSpec
-from ja_instruct.generate.health import summarize, turn_health
+from ja_instruct.generate.health import choice_health, language_counts, summarize, turn_health
 from ja_instruct.generate.identity import (answer_fingerprint, generation_settings, is_hub_model, model_identity,
                                            questions_fingerprint, stale_reasons)
 from ja_instruct.generate.nll import NLL_FILE, ReferenceNLL, load_references
@@ -75,42 +86,105 @@ def sampling_params(cfg: GenerateConfig, spec: ModelSpec, category: str, seed: i
                           seed=seed, stop=tuple(spec.stop))
 
 
-def answer_questions(backend: Backend, spec: ModelSpec, questions: list[Question],
-                     params_of: Callable[[Question], SamplingParams]) -> Iterator[tuple[Question, list, SamplingParams]]:
-    """Answer ``questions`` chunk by chunk; yield ``(question, generations per turn, params)`` as each
-    chunk finishes. Questions are grouped by sampling params (one call = one params set) and sorted
-    longest first, so a batch holds similar lengths and an out-of-memory error shows up at once."""
-    groups: dict[SamplingParams, list[Question]] = {}
-    for q in sorted(questions, key=lambda q: -len(q.turns[0])):
-        groups.setdefault(params_of(q), []).append(q)
-    for params, qs in groups.items():
-        for start in range(0, len(qs), max(1, backend.chunk_size)):
-            chunk = qs[start:start + backend.chunk_size]
-            gens: dict[str, list] = {q.key: [] for q in chunk}
-            for turn in range(max(len(q.turns) for q in chunk)):
-                todo = [q for q in chunk if turn < len(q.turns)]
-                convs = [build_conversation(spec, q, [g.text for g in gens[q.key]], turn) for q in todo]
-                for q, g in zip(todo, backend.generate(convs, params)):
-                    gens[q.key].append(g)
-            for q in chunk:
-                yield q, gens[q.key], params
+def sample_params(params: SamplingParams, k: int) -> SamplingParams:
+    """The params of sample ``k``: the question's params with the seed moved by k."""
+    return params if k == 0 else dataclasses.replace(params, seed=params.seed + k)
 
 
-def answer_record(q: Question, spec: ModelSpec, model_path: str | None, gens: list, params: SamplingParams,
+def copies_first_sample(spec: ModelSpec, params: SamplingParams) -> bool:
+    """Whether every sample is sample 0 again: the seed cannot change the answer (greedy hf/vllm)."""
+    return "seed" not in generation_settings(spec, params)
+
+
+@dataclass
+class Job:
+    """One question to answer: the samples to generate, and the current answer they complete
+    (None: a new answer)."""
+
+    question: Question
+    samples: list[int]
+    record: dict | None = None
+
+
+def answer_questions(backend: Backend, spec: ModelSpec, jobs: list[Job],
+                     params_of: Callable[[Question], SamplingParams]
+                     ) -> Iterator[tuple[Job, dict[int, list[Generation]], SamplingParams]]:
+    """Answer ``jobs`` chunk by chunk; yield ``(job, {sample: generations per turn}, params)`` as each
+    chunk finishes. Jobs are grouped by the question's sampling params and sorted longest first, so
+    a batch holds similar lengths and an out-of-memory error shows up at once; within a chunk each
+    sample is one pass over the turns with that sample's seed (one call = one params set)."""
+    groups: dict[SamplingParams, list[Job]] = {}
+    for job in sorted(jobs, key=lambda j: -len(j.question.turns[0])):
+        groups.setdefault(params_of(job.question), []).append(job)
+    for params, js in groups.items():
+        for start in range(0, len(js), max(1, backend.chunk_size)):
+            chunk = js[start:start + backend.chunk_size]
+            gens: list[dict[int, list[Generation]]] = [{} for _ in chunk]
+            for k in sorted({k for j in chunk for k in j.samples}):
+                todo = [i for i, j in enumerate(chunk) if k in j.samples]
+                got: dict[int, list[Generation]] = {i: [] for i in todo}
+                for turn in range(max(len(chunk[i].question.turns) for i in todo)):
+                    live = [i for i in todo if turn < len(chunk[i].question.turns)]
+                    convs = [build_conversation(spec, chunk[i].question, [g.text for g in got[i]], turn) for i in live]
+                    for i, g in zip(live, backend.generate(convs, sample_params(params, k))):
+                        got[i].append(g)
+                for i in todo:
+                    gens[i][k] = got[i]
+            for job, g in zip(chunk, gens):
+                yield job, g, params
+
+
+def make_choice(k: int, gens: list[Generation]) -> dict:
+    """Sample ``k`` of an answer: its turns and their health."""
+    return {"index": k, "turns": [g.text for g in gens],
+            "health": [turn_health(g.text, truncated=g.truncated, n_tokens=g.n_tokens) for g in gens]}
+
+
+def answer_record(q: Question, spec: ModelSpec, model_path: str | None, choices: list[dict], params: SamplingParams,
                   model_fp: str) -> dict:
-    """A FastChat answer record with our ``generation`` (the settings used), ``fingerprint`` and
-    ``health`` keys."""
+    """A FastChat answer record with our ``generation`` (sample 0's settings), ``fingerprint`` and
+    ``health`` (sample 0's) keys; ``choices`` as `make_choice` builds them (one: no per-choice health)."""
     settings = generation_settings(spec, params)
     return {
         "question_id": q.question_id,
         "answer_id": uuid.uuid4().hex,
         "model_id": spec.id,
-        "choices": [{"index": 0, "turns": [g.text for g in gens]}],
+        "choices": [{"index": 0, "turns": choices[0]["turns"]}] if len(choices) == 1 else choices,
         "tstamp": time.time(),
         "generation": {**settings, "model": model_path or spec.id, "category": q.category},
         "fingerprint": answer_fingerprint(model_fp, settings, q),
-        "health": [turn_health(g.text, truncated=g.truncated, n_tokens=g.n_tokens) for g in gens],
+        "health": choices[0]["health"],
     }
+
+
+def complete_record(job: Job, gens: dict[int, list[Generation]], spec: ModelSpec, model_path: str | None,
+                    params: SamplingParams, model_fp: str, samples: int) -> dict:
+    """The record of ``job`` once its samples are done: the current answer's samples, the new
+    ones, and copies of sample 0 up to ``samples`` when the seed changes nothing."""
+    choices = []
+    if job.record is not None:
+        choices = [{"index": k, "turns": c["turns"], "health": choice_health(job.record, k)}
+                   for k, c in enumerate(job.record["choices"])]
+    choices += [make_choice(k, gens[k]) for k in sorted(gens)]
+    while len(choices) < samples:
+        choices.append({**choices[0], "index": len(choices)})
+    return answer_record(job.question, spec, model_path, choices, params, model_fp)
+
+
+def cut_record(record: dict, samples: int) -> dict:
+    """``record`` with only its first ``samples`` choices (one: the single-sample form)."""
+    choices = record["choices"][:samples]
+    if samples == 1:
+        choices = [{"index": 0, "turns": choices[0]["turns"]}]
+    return {**record, "choices": choices, "health": choice_health(record, 0)}
+
+
+def _n_choices(record: dict) -> int:
+    """How many samples a record holds (0: its ``choices`` are not 0..n-1 with turns)."""
+    choices = record.get("choices")
+    ok = isinstance(choices, list) and all(isinstance(c, dict) and c.get("index", i) == i
+                                           and isinstance(c.get("turns"), list) for i, c in enumerate(choices))
+    return len(choices) if ok else 0
 
 
 def _read_answers(path: Path, model_id: str) -> list[dict]:
@@ -127,19 +201,23 @@ class Plan:
     """What to do with one model's answer file: the records to keep, the questions to answer."""
 
     keep: list[dict] = field(default_factory=list)
-    pending: list[Question] = field(default_factory=list)
+    pending: list[Job] = field(default_factory=list)
     regenerated: Counter = field(default_factory=Counter)  # reason -> answers
     new: int = 0
     dropped: Counter = field(default_factory=Counter)  # reason -> answers
+    resampled: Counter = field(default_factory=Counter)  # (samples before, after) -> answers
+    current: int = 0  # answers kept as they are
 
     @property
     def rewrite(self) -> bool:
         """Whether the file holds records that must go before new ones are appended."""
-        return bool(self.regenerated or self.dropped)
+        return bool(self.regenerated or self.dropped or self.resampled)
 
     def summary(self) -> str:
         """One line: ``3 up to date; 5 regenerated: model changed; 2 new questions``."""
-        parts = [f"{len(self.keep)} up to date"] if self.keep else []
+        parts = [f"{self.current} up to date"] if self.current else []
+        parts += [f"{n} from {a} to {b} samples ({'more generated' if b > a else 'the last ones dropped'})"
+                  for (a, b), n in self.resampled.items()]
         parts += [f"{n} regenerated: {why}" for why, n in self.regenerated.items()]
         parts += [f"{self.new} new question{'s' * (self.new != 1)}"] if self.new else []
         parts += [f"{n} answer{'s' * (n != 1)} dropped: {why}" for why, n in self.dropped.items()]
@@ -147,9 +225,9 @@ class Plan:
 
 
 def plan_answers(records: list[dict], questions: list[Question], spec: ModelSpec, model_fp: str,
-                 params_of: Callable[[Question], SamplingParams]) -> Plan:
-    """Sort the existing answers into kept (same model, settings and question) and stale (with the
-    reason), and list the questions that need an answer."""
+                 params_of: Callable[[Question], SamplingParams], samples: int = 1) -> Plan:
+    """Sort the existing answers into kept (same model, settings and question), given more or
+    fewer samples, and stale (with the reason), and list the questions that need answering."""
     by_key = {q.key: q for q in questions}
     reasons: list[list[str] | None] = []  # per record; None: its question is no longer in the set
     fresh: dict[str, int] = {}  # question key -> index of the (first) current answer
@@ -159,7 +237,8 @@ def plan_answers(records: list[dict], questions: list[Question], spec: ModelSpec
             reasons.append(None)
             continue
         settings = generation_settings(spec, params_of(q))
-        reasons.append(stale_reasons(rec, answer_fingerprint(model_fp, settings, q), settings))
+        reasons.append(stale_reasons(rec, answer_fingerprint(model_fp, settings, q), settings)
+                       or ([] if _n_choices(rec) else ["no answer in choices"]))
         if not reasons[-1]:
             fresh.setdefault(q.key, i)
     plan, stale = Plan(), set()
@@ -168,14 +247,27 @@ def plan_answers(records: list[dict], questions: list[Question], spec: ModelSpec
         if why is None:
             plan.dropped["question no longer in the set"] += 1
         elif fresh.get(key) == i:
-            plan.keep.append(rec)
+            have = _n_choices(rec)
+            if have == samples:
+                plan.keep.append(rec)
+                plan.current += 1
+                continue
+            plan.resampled[have, samples] += 1
+            if have > samples:
+                plan.keep.append(cut_record(rec, samples))
+            else:
+                q = by_key[key]
+                todo = [] if copies_first_sample(spec, params_of(q)) else list(range(have, samples))
+                plan.pending.append(Job(q, todo, rec))
         elif key in fresh or key in stale:
             plan.dropped["duplicate answer"] += 1
         else:
             plan.regenerated[", ".join(why)] += 1
             stale.add(key)
-    plan.pending = [q for q in questions if q.key not in fresh]
-    plan.new = len(plan.pending) - len(stale)
+    for q in questions:
+        if q.key not in fresh:
+            plan.pending.append(Job(q, [0] if copies_first_sample(spec, params_of(q)) else list(range(samples))))
+    plan.new = sum(job.record is None for job in plan.pending) - len(stale)
     return plan
 
 
@@ -190,20 +282,28 @@ def generate_for_model(spec: ModelSpec, model_path: str | None, model_fp: str, c
 
     path = out / f"{spec.id}.jsonl"
     params_of = lambda q: sampling_params(cfg, spec, q.category, seed)  # noqa: E731
-    plan = plan_answers(_read_answers(path, spec.id), questions, spec, model_fp, params_of)
+    plan = plan_answers(_read_answers(path, spec.id), questions, spec, model_fp, params_of, cfg.samples)
     log.info("%s: %s", spec.id, plan.summary())
-    if plan.rewrite:  # stale answers leave the file before any new one is appended
+    if plan.rewrite:  # stale answers (and those given more samples) leave the file before any is appended
         write_jsonl(path, plan.keep)
     records = list(plan.keep)
-    if plan.pending:
+    copies = [job for job in plan.pending if not job.samples]  # more copies of a greedy answer: no model
+    work = [job for job in plan.pending if job.samples]
+    if copies:
+        with JsonlAppender(path) as store:
+            for job in copies:
+                records.append(complete_record(job, {}, spec, model_path, params_of(job.question), model_fp,
+                                               cfg.samples))
+                store.append(records[-1])
+    if work:
         backend = get_backend_class(spec.backend)(spec, model_path)
         try:
             if recipe is not None and is_hub_model(spec, model_path):
                 model_fp = model_identity(spec, recipe)[1]  # loading may have downloaded another snapshot
-            with JsonlAppender(path) as store, tqdm(total=len(questions), initial=len(questions) - len(plan.pending),
+            with JsonlAppender(path) as store, tqdm(total=len(questions), initial=len(questions) - len(work),
                                                     desc=f"generate {spec.id}", unit="q", file=sys.stderr) as bar:
-                for q, gens, params in answer_questions(backend, spec, plan.pending, params_of):
-                    rec = answer_record(q, spec, model_path, gens, params, model_fp)
+                for job, gens, params in answer_questions(backend, spec, work, params_of):
+                    rec = complete_record(job, gens, spec, model_path, params, model_fp, cfg.samples)
                     store.append(rec)
                     records.append(rec)
                     bar.update(1)
@@ -211,7 +311,7 @@ def generate_for_model(spec: ModelSpec, model_path: str | None, model_fp: str, c
                 on_loaded(backend, model_fp)
         finally:
             backend.close()
-    return summarize(records), model_fp
+    return {**summarize(records), "language": language_counts(records)}, model_fp
 
 
 def _is_complete(out: Path, spec: ModelSpec, model_fp: str, cfg: GenerateConfig, questions: list[Question],
@@ -221,7 +321,7 @@ def _is_complete(out: Path, spec: ModelSpec, model_fp: str, cfg: GenerateConfig,
     if not path.is_file():
         return False
     plan = plan_answers(_read_answers(path, spec.id), questions, spec, model_fp,
-                        lambda q: sampling_params(cfg, spec, q.category, seed))
+                        lambda q: sampling_params(cfg, spec, q.category, seed), cfg.samples)
     return not plan.pending and not plan.rewrite
 
 
@@ -315,8 +415,9 @@ def run_generation(recipe, out_dir: str | Path | None = None, models: list[str] 
             identity[spec.id] = (path, nll.update(spec, path, fp, recipe))
             nll.write(cfg.models, identity)
         h = health[spec.id]
-        log.info("%s: %d turns; empty %d, truncated %d, loops %d, low Japanese %d, mean ja_ratio %s", spec.id,
-                 h["turns"], h["empty"], h["truncated"], h["loop"], h["low_ja"], h["mean_ja_ratio"])
+        log.info("%s: %d turns; empty %d, truncated %d, loops %d, low Japanese %d, mean ja_ratio %s; "
+                 "language mixed %d, not Japanese %d", spec.id, h["turns"], h["empty"], h["truncated"], h["loop"],
+                 h["low_ja"], h["mean_ja_ratio"], h["language"]["mixed"], h["language"]["not-japanese"])
 
     # Complete = every model of the section (not only a --model subset) has exactly one current
     # answer per question; checked on the files, so a snapshot that changed while loading counts.

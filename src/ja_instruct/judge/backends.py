@@ -194,7 +194,6 @@ class OpenAIBackend:
 class HFBackend:
     """Local transformers judge, logprob-weighted score (see module doc)."""
 
-    RATING = [str(s) for s in range(1, 11)]
 
     def __init__(self, cfg: JudgeBackendConfig) -> None:
         self.cfg = cfg
@@ -227,7 +226,11 @@ class HFBackend:
 
         fmt = req.prompt.output_format
         closing = "]]" if req.prompt.score_prefix.endswith("[[") else ""
-        labels = self.RATING if fmt == "rating" else (["A", "B", "C"] if fmt == "verdict" else ["1", "2", "3"])
+        if fmt == "rating":  # the prompt's own scale: 1-10, or 1-5 for ELYZA-tasks-100
+            lo, hi = getattr(req.prompt, "scale", (1, 10))
+            labels = [str(s) for s in range(int(lo), int(hi) + 1)]
+        else:
+            labels = ["A", "B", "C"] if fmt == "verdict" else ["1", "2", "3"]
         prompt_ids = self.tokenizer(self._prompt_text(req), add_special_tokens=True)["input_ids"]
         conts = [self.tokenizer(lab + closing, add_special_tokens=False)["input_ids"] for lab in labels]
         seq_lp = self.continuation_logprobs(prompt_ids, conts)
@@ -322,7 +325,10 @@ class FakeBackend:
         cfg, p = self.cfg, req.prompt
         noise = (2 * _unit("n", req.key, req.repeat) - 1) if cfg.temperature > 0 else 0.0
         if p.output_format == "rating":
-            score = int(round(min(10.0, max(1.0, fake_quality(req.answers[0]) + noise))))
+            # fake_quality is on 1-10; mapped onto the prompt's scale (1-5 for ELYZA-tasks-100)
+            lo, hi = getattr(p, "scale", (1, 10))
+            q = lo + (fake_quality(req.answers[0]) - 1.0) / 9.0 * (hi - lo) + noise * (hi - lo) / 9.0
+            score = int(round(min(float(hi), max(float(lo), q))))
             text = f"回答の内容を確認しました（長さ {len(req.answers[0])} 文字）。\n{p.score_prefix}{score}]]"
         else:
             diff = fake_quality(req.answers[0]) + 0.3 - fake_quality(req.answers[1]) + noise

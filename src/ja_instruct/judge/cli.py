@@ -5,6 +5,7 @@ Forms (``run`` is the default sub-action, so the first two are the same)::
     ja-instruct judge RECIPE [--out DIR] [--set KEY=VALUE] [--judge-prompts FILE] [--repeats N] [--retry-errors]
     ja-instruct judge run RECIPE [...same options...]
     ja-instruct judge import FILE... --out DIR [--questions QUESTIONS]
+    ja-instruct judge agree A B [--out DIR] [--rescale] [--judge-a NAME] [--judge-b NAME] [--guarded]
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import argparse
 from ja_instruct.cli import add_recipe_arguments, load_recipe_from_args
 from ja_instruct.judge.config import JudgeConfig
 
-ACTIONS = ("run", "import")
+ACTIONS = ("run", "import", "agree")
 
 
 class _JudgeParser(argparse.ArgumentParser):
@@ -29,11 +30,12 @@ class _JudgeParser(argparse.ArgumentParser):
 
 
 def register(subparsers) -> None:
-    """Add ``judge`` with its actions ``run`` (default) and ``import``."""
+    """Add ``judge`` with its actions ``run`` (default), ``import`` and ``agree``."""
     p = subparsers.add_parser(
-        "judge", help="grade answers with an LLM judge (single 1-10 or pairwise), or import FastChat judgments",
+        "judge", help="grade answers with an LLM judge (single 1-10 / 1-5, or pairwise), import FastChat judgments, measure agreement",
         description="Grade the answers of the recipe's models with an LLM judge. `judge RECIPE` = `judge run RECIPE`; "
-                    "`judge import FILE... --out DIR` converts FastChat judgment files. Cached and resumable.")
+                    "`judge import FILE... --out DIR` converts FastChat judgment files; `judge agree A B` measures how "
+                    "far two judges (or a judge and human raters) agree. Cached and resumable.")
     p.__class__ = _JudgeParser
     acts = p.add_subparsers(dest="judge_action", metavar="ACTION", required=True,
                             parser_class=argparse.ArgumentParser)
@@ -57,7 +59,29 @@ def register(subparsers) -> None:
     i.add_argument("--out", required=True, help="output folder")
     i.add_argument("--questions", default=None, help="question set (path / hub id) for per-category means")
     i.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for BT CIs (pair files)")
+    i.add_argument("--answers", default=None, metavar="DIR",
+                   help="FastChat answer folder of the judged models (<model>.jsonl): adds the language label, "
+                        "answer lengths and reasoning status to each judgment")
+    i.add_argument("--language-guard", choices=["off", "flag", "floor"], default=None,
+                   help="with --answers: flag (default for imports) shows not-Japanese answers, floor also caps "
+                        "their scores at the lowest grade, off does neither")
     i.set_defaults(func=_handle_import)
+    g = acts.add_parser("agree", help="agreement of two judges, or of a judge and human ratings",
+                        description="Compare the scores of two judge output folders, or of a judge folder and a "
+                                    "human-ratings file (CSV/TSV/JSONL/JSON with question_id, model, score; "
+                                    "optional turn, sample, scale), item by item: Spearman, Kendall, "
+                                    "quadratic-weighted kappa, mean absolute difference. Validate an open judge "
+                                    "against imported GPT-4 judgments this way before switching to it.")
+    g.add_argument("a", metavar="A", help="judge output folder (or its judgments.jsonl), or a ratings file")
+    g.add_argument("b", metavar="B", help="judge output folder (or its judgments.jsonl), or a ratings file")
+    g.add_argument("--out", default=None, metavar="DIR", help="write agree.json and agree.png here")
+    g.add_argument("--rescale", action="store_true",
+                   help="map B's scale linearly onto A's when they differ (else refused)")
+    g.add_argument("--judge-a", default=None, metavar="NAME", help="the judge of A to use (a panel folder)")
+    g.add_argument("--judge-b", default=None, metavar="NAME", help="the judge of B to use (a panel folder)")
+    g.add_argument("--guarded", action="store_true",
+                   help="compare the scores after the language guard (default: each judge's own scores)")
+    g.set_defaults(func=_handle_agree)
 
 
 def _handle_run(args: argparse.Namespace) -> int:
@@ -77,5 +101,15 @@ def _handle_run(args: argparse.Namespace) -> int:
 def _handle_import(args: argparse.Namespace) -> int:
     from ja_instruct.judge.importer import import_fastchat
 
-    print(import_fastchat(args.files, args.out, questions=args.questions, bootstrap=args.bootstrap))
+    print(import_fastchat(args.files, args.out, questions=args.questions, bootstrap=args.bootstrap,
+                          answers_dir=args.answers, language_guard=args.language_guard))
+    return 0
+
+
+def _handle_agree(args: argparse.Namespace) -> int:
+    from ja_instruct.judge.agree import agree, format_table
+
+    result = agree(args.a, args.b, args.out, rescale=args.rescale, judge_a=args.judge_a, judge_b=args.judge_b,
+                   guarded=args.guarded)
+    print(format_table(result))
     return 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from ja_instruct.config import StrictModel
 from ja_instruct.secrets import env_var_name
@@ -85,7 +85,8 @@ class JudgeConfig(StrictModel):
     """The 'judge' section of a recipe: LLM-as-a-judge grading of generated answers."""
 
     mode: Literal["single", "pairwise", "pairwise-baseline"] = "single"
-    """`single`: a 1-10 score per answer and turn; `pairwise`: every pair of models, both orders;
+    """`single`: a score per answer and turn on the prompt's scale (1-10; 1-5 for ELYZA-tasks-100 items,
+    which carry `eval_aspect`), every sample of it; `pairwise`: every pair of models, both orders;
     `pairwise-baseline`: every model against `baseline`, both orders."""
     baseline: str | None = None
     """Model id of the baseline in `pairwise-baseline` mode (e.g. `gpt-3.5-turbo`)."""
@@ -106,8 +107,10 @@ class JudgeConfig(StrictModel):
     backend: JudgeBackendConfig
     """The judge model and how it is called (required: `backend.backend` names it)."""
     prompt: str | None = None
-    """Our own prompt family (files in `ja_instruct/judge/prompts/`): `single-ja` or `pair-ja`;
-    the `-ref` / `-multi` variants are picked per question. null = by mode."""
+    """Our own prompt family (files in `ja_instruct/judge/prompts/`): `single-ja`, `pair-ja` or
+    `single-ja-elyza` (1-5, shows the reference and the item's `eval_aspect`); the `-ref` / `-multi`
+    variants are picked per question. null = by mode, and `single-ja-elyza` for questions that carry
+    an `eval_aspect`."""
     judge_prompts: Path | None = None
     """A FastChat-format `judge_prompts.jsonl` to use instead of our prompts (`--judge-prompts`)."""
     judge_prompt_names: dict[str, str] = {}
@@ -141,6 +144,30 @@ class JudgeConfig(StrictModel):
     limit: int | None = None
     """Judge only the first N questions (smoke tests); null with no `questions` of its own = the recipe's
     `generate.limit`, so exactly the questions that were answered are judged."""
+    panel: list[JudgeBackendConfig] = []
+    """More judges for a panel (PoLL): each grades the same items as `backend`, cached apart (the
+    cache key holds the judge). The summary and the report give each judge's scores, the panel mean
+    and the agreement between judges (Spearman, Kendall, quadratic-weighted kappa). [] = one judge."""
+    language_guard: Literal["off", "flag", "floor"] | None = None
+    """Japanese-language guard, decided without the judge: each judged turn gets `language:
+    ok|mixed|not-japanese` from its share of Japanese characters (code blocks and formulas left
+    out). `flag` only shows it; `floor` also caps a not-Japanese answer at the scale's lowest grade
+    (the score before the cap is kept as `score_unguarded`); `off` neither. null = `floor` for
+    judgments made here, `flag` for imported ones. The report shows scores with and without it."""
+    think_pattern: str | None = r"<think>.*?</think>"
+    """Regular expression (DOTALL) of a reasoning model's hidden reasoning, removed from an answer
+    before it is judged (the judgment records that it was); an opening tag never closed counts as
+    unclosed reasoning and the answer is judged as it is. null = judge answers as written."""
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_panel(self, handler):
+        # No panel is what every judge run meant before panels existed: left out of the dump, the
+        # hashed config of those runs stays what it was. (The guard and the think pattern change
+        # scores, so they are hashed even at their defaults: older runs are redone, from the cache.)
+        data = handler(self)
+        if isinstance(data, dict) and not self.panel:
+            data.pop("panel", None)
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -155,4 +182,28 @@ class JudgeConfig(StrictModel):
             raise ValueError("mode 'pairwise-baseline' needs 'baseline' (a model id)")
         if self.repeats > 1 and self.backend.temperature <= 0:
             raise ValueError("repeats > 1 needs backend.temperature > 0 (identical calls would repeat)")
+        # checked when the recipe loads, not after hours of generation
+        if self.panel and self.mode != "single":
+            raise ValueError("judge.panel is not supported yet in pairwise modes: use mode single, or one judge")
+        ids = [self.backend.model] + [j.model for j in self.panel]
+        if len(set(ids)) < len(ids):
+            raise ValueError(f"judge.panel: every judge needs its own model id (got {', '.join(ids)}); the id "
+                             "tells the judges apart in judgments and summaries")
         return self
+
+    @field_validator("think_pattern")
+    @classmethod
+    def _think_pattern_compiles(cls, value: str | None) -> str | None:
+        import re
+
+        if value is None:
+            return value
+        try:
+            rx = re.compile(value, re.DOTALL)
+        except re.error as e:
+            raise ValueError(f"judge.think_pattern is not a regular expression ({e}); e.g. <think>.*?</think>, "
+                             "or null to judge answers as written") from None
+        if rx.fullmatch("") or rx.fullmatch("答えです。"):
+            raise ValueError("judge.think_pattern matches an empty or an ordinary answer: it would remove the "
+                             "answers themselves; e.g. <think>.*?</think>")
+        return value

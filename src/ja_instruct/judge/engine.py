@@ -73,7 +73,7 @@ async def _judge_one(item: Item, backend, parse_retries: int, stats: RunStats) -
         if reply.score is not None or reply.verdict is not None:
             score, verdict = reply.score, reply.verdict
         else:
-            score, verdict = parse_judgment(item.prompt.output_format, text)
+            score, verdict = parse_judgment(item.prompt.output_format, text, item.prompt.scale)
         if score is not None or verdict is not None:
             break
         if attempt < parse_retries:

@@ -13,6 +13,13 @@ the record keeps our score/verdict, FastChat's (``stored_score`` / ``stored_verd
 and ``parse_mismatch: true`` where the two differ (e.g. FastChat took the first
 ``[[n]]`` where we take the last, or gave -1 where a full-width ``［［８］］`` is readable).
 Pair rows become two ordered records, like our own pairwise judgments.
+
+Imported single judgments are on FastChat's 1-10 scale (``scale: [1, 10]``, ``sample: 0``).
+Given the answers that were judged (``answers_dir``, FastChat answer files ``<model>.jsonl``),
+each single record gets the answer's ``language`` (hidden reasoning removed first) and the
+language guard is applied; its default for imports is ``flag`` (shown, scores as the judge
+gave them: an imported run is a record of what that judge said), ``floor`` caps like our own
+runs. Without answers ``language`` is None and no guard can act.
 """
 
 from __future__ import annotations
@@ -24,12 +31,14 @@ from ja_instruct.errors import UserError
 import yaml
 
 from ja_instruct.io import iter_jsonl, write_json, write_jsonl, write_text
+from ja_instruct.judge.config import JudgeConfig
 from ja_instruct.judge.parse import parse_judgment, parse_rating, parse_verdict123, unswap
 from ja_instruct.judge.store import make_key
 
 log = logging.getLogger(__name__)
 
 _WINNER = {"model_1": "A", "model_2": "B", "tie": "tie"}
+DEFAULT_THINK = JudgeConfig.model_fields["think_pattern"].default  # the judge stage's own default
 
 
 def _judge_fields(rec: dict) -> tuple[str, str]:
@@ -64,7 +73,8 @@ def import_single(path: Path, line: int, rec: dict, categories: dict) -> dict:
             "key": make_key(src="fastchat-single", qid=str(rec["question_id"]), model=rec["model"], judge=judge,
                             prompt=prompt, turn=turn, text=rec["judgment"]),
             "usage": {"prompt_tokens": 0, "completion_tokens": 0},
-            "stored_score": stored, "parse_mismatch": score != stored, "source": f"{path}:{line}"}
+            "stored_score": stored, "parse_mismatch": score != stored, "source": f"{path}:{line}",
+            "sample": 0, "scale": [1, 10], "language": None, "reasoning": None}
 
 
 def import_pair(path: Path, line: int, rec: dict, categories: dict) -> list[dict]:
@@ -88,7 +98,8 @@ def import_pair(path: Path, line: int, rec: dict, categories: dict) -> list[dict
                     "key": make_key(src="fastchat-pair", qid=str(rec["question_id"]), models=[rec["model_1"], rec["model_2"]],
                                     judge=judge, prompt=prompt, turn=turn, order=order, text=text),
                     "usage": {"prompt_tokens": 0, "completion_tokens": 0},
-                    "stored_verdict": stored, "parse_mismatch": verdict != stored, "source": f"{path}:{line}"})
+                    "stored_verdict": stored, "parse_mismatch": verdict != stored, "source": f"{path}:{line}",
+                    "sample": 0})
     return out
 
 
@@ -123,10 +134,45 @@ def _drop_duplicates(records: list[dict]) -> tuple[list[dict], int]:
     return kept, len(dups)
 
 
+def _add_language(records: list[dict], answers_dir: Path, think_pattern: str | None) -> None:
+    """Set ``language`` / ``reasoning`` / ``answer_chars`` of single records from the answers judged."""
+    from ja_instruct.generate.health import language_label
+    from ja_instruct.judge.inputs import answer_files, load_answer_samples, prepare_answer
+
+    files = answer_files(Path(answers_dir), None)
+    answers = {m: load_answer_samples(p) for m, p in files.items()
+               if m in {r["model"] for r in records}}
+    missing = 0
+    for r in records:
+        samples = answers.get(r["model"], {}).get(str(r["question_id"]))
+        if not samples or len(samples[0].turns) < r["turn"]:
+            missing += 1
+            continue
+        shown, r["reasoning"] = prepare_answer(samples[0].turns[:r["turn"]], think_pattern)
+        r["language"] = language_label(shown[-1])
+        r["answer_chars"] = len(shown[-1])
+        r["answer_tokens"] = samples[0].tokens[r["turn"] - 1]
+    if missing:
+        log.warning("judge import: %d judgment(s) have no answer in %s: no language for them", missing, answers_dir)
+
+
 def import_fastchat(files: list[str | Path], out_dir: str | Path, questions: str | None = None,
-                    bootstrap: int = 200, seed: int = 0) -> Path:
-    """Convert FastChat judgment files into ``out_dir/judgments.jsonl`` + ``summary.json``."""
+                    bootstrap: int = 200, seed: int = 0, answers_dir: str | Path | None = None,
+                    language_guard: str | None = None, think_pattern: str | None = DEFAULT_THINK) -> Path:
+    """Convert FastChat judgment files into ``out_dir/judgments.jsonl`` + ``summary.json``.
+    ``answers_dir``: the FastChat answer files judged (for the language of each answer);
+    ``language_guard``: off | flag | floor, None = ``flag`` (see module doc)."""
+    from ja_instruct.judge.single import apply_language_guard
     from ja_instruct.judge.summary import build_summary
+
+    from ja_instruct.judge.single import GUARDS
+
+    guard = language_guard or "flag"
+    if guard not in GUARDS:
+        raise UserError(f"unknown language guard {guard!r}", hint=f"Use one of {', '.join(GUARDS)}.")
+    if guard == "floor" and answers_dir is None:
+        raise UserError("the language guard 'floor' needs the answers that were judged",
+                        hint="Give the FastChat answer folder (answers_dir), or use the guard 'flag'.")
 
     categories: dict[str, str] = {}
     if questions:
@@ -147,19 +193,25 @@ def import_fastchat(files: list[str | Path], out_dir: str | Path, questions: str
     if not records:
         raise UserError("no judgments in the given files", file=files[0] if files else None)
     mode = "single" if single else "pairwise"
+    if single and answers_dir is not None:
+        _add_language(records, Path(answers_dir), think_pattern)
+    records = [apply_language_guard(r, guard) for r in records]
     models = sorted({r["model"] for r in single}) if single else sorted(
         {r["model_a"] for r in pair} | {r["model_b"] for r in pair})
     out = Path(out_dir)
     write_jsonl(out / "judgments.jsonl", records)
     mismatches = sum(r["parse_mismatch"] for r in records)
     judges = sorted({r["judge"] for r in records})
-    summary = build_summary(records, mode, models, judge=",".join(judges), question_set=questions, answers_dir=None,
-                            bootstrap=bootstrap, seed=seed,
+    summary = build_summary(records, mode, models, judge=",".join(judges), question_set=questions,
+                            answers_dir=str(answers_dir) if answers_dir else None,
+                            bootstrap=bootstrap, seed=seed, judges=judges,
                             extra={"import": {"files": [str(f) for f in files], "rows": len(records),
-                                              "parse_mismatches": mismatches, "duplicates": duplicates}})
+                                              "parse_mismatches": mismatches, "duplicates": duplicates},
+                                   "language_guard": guard})
     write_json(out / "summary.json", summary)
     write_text(out / "config.yaml", yaml.safe_dump({"import": [str(f) for f in files], "questions": questions,
-                                                    "answers_dir": None}, allow_unicode=True, sort_keys=False))
+                                                    "answers_dir": str(answers_dir) if answers_dir else None,
+                                                    "language_guard": guard}, allow_unicode=True, sort_keys=False))
     if mismatches:
         log.warning("%d of %d judgments parse differently from the stored score/verdict (parse_mismatch: true)",
                     mismatches, len(records))

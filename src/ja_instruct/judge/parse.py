@@ -1,4 +1,4 @@
-"""Parse a judge's text into a 1-10 score or an A/B/tie verdict.
+"""Parse a judge's text into a score on the prompt's scale (1-10, or ELYZA's 1-5) or an A/B/tie verdict.
 
 Supported output formats (the prompt file says which one it asks for):
 
@@ -7,7 +7,8 @@ Supported output formats (the prompt file says which one it asks for):
   accepted as a fallback, as FastChat does. Full-width characters (``［［５］］``) are
   normalised first (NFKC). When the text holds several bracketed numbers, the LAST one
   wins: judges often quote the prompt's example (``[[5]]``) before their own verdict.
-  A number outside 1-10 is a parse error, not a score.
+  A number outside the prompt's scale (``scale``, default 1-10; ELYZA-tasks' 1-5) is a
+  parse error, not a score: a 7 from a judge asked for 1-5 has not followed the rubric.
 * ``verdict``: ``[[A]]`` / ``[[B]]`` / ``[[C]]`` (C = tie); the last one in the text wins.
 * ``verdict123``: Rakuda's ``pair-ja``: ``1`` / ``2`` / ``3`` (3 = tie) on the last
   non-empty line.
@@ -60,10 +61,12 @@ def parse_verdict123(text: str) -> str | None:
     return {"1": "A", "2": "B", "3": "tie"}[digits.pop()]
 
 
-def parse_judgment(output_format: str, text: str) -> tuple[float | None, str | None]:
-    """(score, verdict) for ``text`` under ``output_format``; the unused one is None."""
+def parse_judgment(output_format: str, text: str,
+                   scale: tuple[int, int] = (1, 10)) -> tuple[float | None, str | None]:
+    """(score, verdict) for ``text`` under ``output_format``; the unused one is None. A rating
+    outside ``scale`` (lowest, highest) is None."""
     if output_format == "rating":
-        return parse_rating(text), None
+        return parse_rating(text, float(scale[0]), float(scale[1])), None
     if output_format == "verdict":
         return None, parse_verdict(text)
     if output_format == "verdict123":

@@ -4,12 +4,17 @@ Our files live in ``ja_instruct/judge/prompts/<name>.yaml`` with exactly these k
 (unknown keys are errors)::
 
     name, version, kind (single|pairwise), description, system,
-    template (jinja2), output_format (rating|verdict|verdict123), score_prefix
+    template (jinja2), output_format (rating|verdict|verdict123), score_prefix, scale
+
+``scale`` ([lo, hi], default [1, 10]) is the range of a rating prompt's grades: a rating
+outside it is a parse error (retried), the hf judge weighs the grades lo..hi, the language
+guard's floor is ``lo``, and every judgment records it (summaries never average across scales).
 
 A *family* (``single-ja``, ``pair-ja``) has variants picked per item: ``<family>-ref``
 for reference-guided questions and ``<family>-multi`` for turns after the first.
 Templates see ``question``, ``answer`` (single) / ``answer_a``, ``answer_b`` (pairwise),
-``reference`` (None when not reference-guided) and ``turns`` (a list of dicts with the
+``reference`` (None when not reference-guided), ``eval_aspect`` (the item's own grading
+aspect, ELYZA-tasks-100's; None for other sets) and ``turns`` (a list of dicts with the
 same keys, one per turn so far). The FastChat variable names (``question_1``,
 ``answer_a_2``, ``ref_answer_1``...) are available too, so a FastChat file renders
 with ``str.format`` from the same context.
@@ -28,7 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import ValidationError
+from pydantic import ValidationError, field_validator
 
 from ja_instruct.config import StrictModel, UniqueKeyLoader, validation_to_user_error
 from ja_instruct.errors import UserError
@@ -42,6 +47,10 @@ FASTCHAT_DEFAULT_NAMES = {
     "pair": "pair-v2", "pair-ref": "pair-math-v1",
     "pair-multi": "pair-v2-multi-turn", "pair-ref-multi": "pair-math-v1-multi-turn",
 }
+DEFAULT_SCALE = (1, 10)
+# Our prompt family for questions that carry their own grading aspect (ELYZA-tasks-100): picked
+# for them automatically when judge.prompt and judge.judge_prompts are unset.
+ASPECT_FAMILY = "single-ja-elyza"
 # FastChat's output_format field -> (our parser, where the score goes for the hf judge)
 FASTCHAT_FORMATS = {"[[rating]]": ("rating", "Rating: [["), "[[評価]]": ("rating", "評価：[["),
                     "[[A]]": ("verdict", "[["), "last": ("verdict123", "")}
@@ -68,6 +77,16 @@ class PromptFile(StrictModel):
     """How the judge's answer is parsed (see `ja_instruct.judge.parse`)."""
     score_prefix: str
     """Text right before the score in the judge's answer (the hf judge's prompt ends here)."""
+    scale: tuple[int, int] = DEFAULT_SCALE
+    """[lowest, highest] grade of a rating prompt (ELYZA-tasks-100: [1, 5]); a rating outside it
+    is a parse error. Recorded on every judgment; scores on different scales are never averaged."""
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_order(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if value[0] >= value[1]:
+            raise ValueError(f"scale must be [lowest, highest] with lowest < highest (got {list(value)})")
+        return value
 
 
 @dataclass(frozen=True)
@@ -82,6 +101,7 @@ class JudgePrompt:
     output_format: str
     score_prefix: str
     engine: str  # "jinja" (ours) | "format" (FastChat)
+    scale: tuple[int, int] = DEFAULT_SCALE  # grades of a rating prompt (FastChat's are 1-10)
 
     @property
     def id(self) -> str:
@@ -109,8 +129,9 @@ def _compiled(template: str):
 
 
 def build_context(questions: list[str], answers: list[str] | None = None, answers_b: list[str] | None = None,
-                  references: list[str] | None = None) -> dict:
-    """Template variables for a turn: lists hold every turn so far (the last is judged)."""
+                  references: list[str] | None = None, eval_aspect: str | None = None) -> dict:
+    """Template variables for a turn: lists hold every turn so far (the last is judged);
+    ``eval_aspect`` is the item's own grading aspect (the same for every turn)."""
     turns = []
     for i, q in enumerate(questions):
         t = {"question": q, "reference": references[i] if references and i < len(references) else None}
@@ -119,7 +140,7 @@ def build_context(questions: list[str], answers: list[str] | None = None, answer
         else:
             t["answer_a"], t["answer_b"] = answers[i], answers_b[i]
         turns.append(t)
-    ctx = dict(turns[-1], turns=turns)
+    ctx = dict(turns[-1], turns=turns, eval_aspect=eval_aspect)
     for i, t in enumerate(turns, 1):  # FastChat's names
         ctx[f"question_{i}"] = t["question"]
         ctx[f"ref_answer_{i}"] = t["reference"] if t["reference"] is not None else ""
@@ -142,7 +163,7 @@ def load_prompt_file(path: str | Path) -> JudgePrompt:
     except ValidationError as err:
         raise validation_to_user_error(err, PromptFile, path) from None
     return JudgePrompt(p.name, str(p.version), p.kind, p.system, p.template, p.output_format,
-                       p.score_prefix, "jinja")
+                       p.score_prefix, "jinja", tuple(p.scale))
 
 
 def builtin_prompt_names() -> list[str]:
@@ -201,8 +222,10 @@ class PromptSet:
             self._cache[name] = load_prompt_file(path)
         return self._cache[name]
 
-    def get(self, kind: str, ref: bool, multi: bool) -> JudgePrompt:
-        """The prompt for one item; a `UserError` if the prompt source has none that fits."""
+    def get(self, kind: str, ref: bool, multi: bool, family: str | None = None) -> JudgePrompt:
+        """The prompt for one item; a `UserError` if the prompt source has none that fits.
+        ``family`` overrides the set's own family for this item (ours only; e.g. `ASPECT_FAMILY`
+        for a question with its own grading aspect)."""
         base = "single" if kind == "single" else "pair"
         roles = [f"{base}{'-ref' if ref else ''}{'-multi' if multi else ''}"]
         if ref:
@@ -218,7 +241,7 @@ class PromptSet:
             raise UserError(f"the judge prompt file has no prompt for role '{roles[0]}' "
                             f"(looked for {[self.names[r] for r in roles]})", field="judge.judge_prompt_names",
                             hint="Map the role to a prompt name in judge_prompt_names, or restrict judge.turns.")
-        family = self.family or ("single-ja" if kind == "single" else "pair-ja")
+        family = family or self.family or ("single-ja" if kind == "single" else "pair-ja")
         for suffix in (["-ref-multi", "-multi"] if multi and ref else ["-multi"] if multi else
                        ["-ref", ""] if ref else [""]):
             p = self._ours(family + suffix)

@@ -10,6 +10,11 @@ prompts are checked before the first call), judges what the cache lacks, and wri
     <out>/manifest.json      written LAST: the config hash and the fingerprints of the answer
                              files, the question set and the prompts (`ja_instruct.manifest`)
 
+With ``judge.panel`` every judge (``backend`` first, then the panel) grades the same items,
+each with its own backend, into the same store (keys hold the judge) and judgments.jsonl
+(``judge`` names it). The language guard (``judge.language_guard``; null = ``floor`` here) is
+applied to each record after its judgment, so changing it re-uses every cached judgment.
+
 A run whose manifest matches what it would write now does nothing at all (no model, no
 file written) and logs ``judge: up to date``; otherwise it logs why it runs, removes the
 manifest, judges only what the cache lacks and logs how many judgments were new vs cached.
@@ -106,25 +111,39 @@ def stage_inputs(cfg: JudgeConfig) -> dict[str, str]:
         from ja_instruct.judge.inputs import load_question_set
 
         qs = load_question_set(cfg.questions)
-        inputs["questions"] = stable_hash([[q.question_id, q.category, q.turns, q.reference] for q in qs])
+        inputs["questions"] = stable_hash([[q.question_id, q.category, q.turns, q.reference]
+                                           + ([q.eval_aspect] if getattr(q, "eval_aspect", None) else [])
+                                           for q in qs])
     if cfg.reference_answers is not None:
         inputs["references"] = fingerprint(resolve_path(cfg.reference_answers))
     if cfg.judge_prompts is not None:
         inputs["judge_prompts"] = fingerprint(resolve_path(cfg.judge_prompts))
     else:
         family = cfg.prompt or ("single-ja" if cfg.mode == "single" else "pair-ja")
-        for suffix in ("", "-ref", "-multi", "-ref-multi"):
-            path = prompt_mod.PROMPTS_DIR / f"{family}{suffix}.yaml"
-            if path.is_file():
-                inputs[f"prompt:{family}{suffix}"] = file_fingerprint(path)
+        families = [family]
+        if cfg.mode == "single" and cfg.prompt is None:  # picked per question (eval_aspect); not parsed here
+            families.append(prompt_mod.ASPECT_FAMILY)
+        for fam in families:
+            for suffix in ("", "-ref", "-multi", "-ref-multi"):
+                path = prompt_mod.PROMPTS_DIR / f"{fam}{suffix}.yaml"
+                if path.is_file():
+                    inputs[f"prompt:{fam}{suffix}"] = file_fingerprint(path)
     from ja_instruct.judge.backends import judge_inputs
 
-    judge = judge_inputs(cfg.backend)  # the endpoint really called, a local judge's files
-    if "endpoint" in judge:
-        inputs["endpoint"] = judge["endpoint"]
-    if "model_files" in judge:
-        inputs["judge_model"] = judge["model_files"]
+    for i, b in enumerate(judge_backends(cfg)):
+        judge = judge_inputs(b)  # the endpoint really called, a local judge's files
+        tag = "" if i == 0 else f":{b.model}"  # the main judge keeps the names of one-judge runs
+        if "endpoint" in judge:
+            inputs[f"endpoint{tag}"] = judge["endpoint"]
+        if "model_files" in judge:
+            inputs[f"judge_model{tag}"] = judge["model_files"]
     return inputs
+
+
+def judge_backends(cfg: JudgeConfig) -> list:
+    """Every judge of the run: ``backend``, then the panel's (their model ids differ, which
+    `JudgeConfig` checks: the records' ``judge`` field tells them apart)."""
+    return [cfg.backend, *cfg.panel]
 
 
 def hashed_config(cfg: JudgeConfig) -> dict:
@@ -132,14 +151,15 @@ def hashed_config(cfg: JudgeConfig) -> dict:
     data = cfg.model_dump(mode="json")
     for k in _RUN_ONLY:
         data.pop(k, None)
-    for k in _RUN_ONLY_BACKEND:
-        data["backend"].pop(k, None)
+    for b in [data["backend"], *data.get("panel", [])]:
+        for k in _RUN_ONLY_BACKEND:
+            b.pop(k, None)
     return data
 
 
 def plan(cfg: JudgeConfig):
     """(items, models, missing answers per model) for a resolved config; no calls made."""
-    from ja_instruct.judge.inputs import load_all_answers, load_question_set
+    from ja_instruct.judge.inputs import load_all_samples, load_question_set
     from ja_instruct.judge.pairwise import plan_pairwise
     from ja_instruct.judge.prompt import PromptSet
     from ja_instruct.judge.single import plan_single
@@ -147,17 +167,24 @@ def plan(cfg: JudgeConfig):
     if cfg.judge_prompts is not None and cfg.prompt is not None:
         raise UserError("set either judge.prompt (our prompts) or judge.judge_prompts (a FastChat file), not both",
                         field="judge.prompt")
+    judges = judge_backends(cfg)
     prompts = PromptSet(cfg.prompt, cfg.judge_prompts, cfg.judge_prompt_names)
     questions = load_question_set(cfg.questions, cfg.reference_answers, cfg.limit)
-    answers = load_all_answers(Path(cfg.answers_dir), _requested_models(cfg))
+    answers = load_all_samples(Path(cfg.answers_dir), _requested_models(cfg))
     if cfg.mode == "pairwise-baseline" and cfg.baseline not in answers:
         raise UserError(f"baseline '{cfg.baseline}' has no answer file", field="judge.baseline",
                         hint=f"Available: {', '.join(answers)}.")
     if cfg.mode == "pairwise" and len(answers) < 2:
         raise UserError("pairwise mode needs at least two models", field="judge.models")
     missing: dict[str, int] = {}
-    planner = plan_single if cfg.mode == "single" else plan_pairwise
-    items = planner(questions, answers, prompts, cfg, missing)
+    if cfg.mode == "single":
+        items = []
+        for b in judges:
+            mine: dict[str, int] = {}
+            items += plan_single(questions, answers, prompts, cfg, mine, backend=b)
+        missing.update(mine)  # the same for every judge
+    else:
+        items = plan_pairwise(questions, answers, prompts, cfg, missing)
     for m, k in missing.items():
         log.warning("model %s has no answer for %d question(s): those are not judged", m, k)
     if not items:
@@ -227,40 +254,71 @@ def judge_config(cfg: JudgeConfig, out_dir: str | Path, progress: bool = True) -
     return out
 
 
+def _merge(total, part) -> None:
+    """Add one judge's `RunStats` into ``total``."""
+    from dataclasses import fields
+
+    for f in fields(total):
+        setattr(total, f.name, getattr(total, f.name) + getattr(part, f.name))
+
+
+def _cost(b, u: dict) -> float | None:
+    if b.price_prompt_per_1k is None and b.price_completion_per_1k is None:
+        return None
+    return (u["prompt_tokens"] * (b.price_prompt_per_1k or 0)
+            + u["completion_tokens"] * (b.price_completion_per_1k or 0)) / 1000
+
+
+def _costs(pairs) -> float | None:
+    """Total of the (judge config, usage) costs; None when no judge has a price."""
+    costs = [c for c in (_cost(b, u) for b, u in pairs) if c is not None]
+    return sum(costs) if costs else None
+
+
 def _judge_and_summarise(cfg: JudgeConfig, out: Path, items, models, missing, progress: bool):
-    """Judge what the cache lacks, write judgments.jsonl and summary.json; (records, stats, summary)."""
+    """Judge what the cache lacks (each judge of a panel with its own backend), write
+    judgments.jsonl and summary.json; (records, stats, summary)."""
     from ja_instruct.judge.backends import make_backend
-    from ja_instruct.judge.engine import execute, item_record
+    from ja_instruct.judge.engine import RunStats, execute, item_record
+    from ja_instruct.judge.single import apply_language_guard
     from ja_instruct.judge.store import JudgmentStore
     from ja_instruct.judge.summary import build_summary
 
     order = list(items)
     random.Random(cfg.seed).shuffle(order)  # spread the models over the run (a partial run is balanced)
-    backend = make_backend(cfg.backend)
-    concurrency = 1 if cfg.backend.backend == "hf" else cfg.backend.concurrency
+    judges = judge_backends(cfg)
+    guard = cfg.language_guard or "floor"
+    stats, http_calls, http_retries, run_usage = RunStats(), 0, 0, []
     with JudgmentStore(cfg.cache or out / "cache.jsonl") as store:
-        stats = execute(order, backend, store, concurrency, cfg.backend.parse_retries, cfg.retry_parse_errors,
-                        progress, retry_errors=cfg.retry_errors)
-        records = [item_record(it, store.get(it.key)) for it in items if it.key in store]
+        for b in judges:
+            backend = make_backend(b)
+            concurrency = 1 if b.backend == "hf" else b.concurrency
+            st = execute([it for it in order if it.record["judge"] == b.model], backend, store, concurrency,
+                         b.parse_retries, cfg.retry_parse_errors, progress, retry_errors=cfg.retry_errors)
+            _merge(stats, st)
+            http_calls += getattr(backend, "calls", st.calls)
+            http_retries += getattr(backend, "retries", 0)
+            run_usage.append((b, {"prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens}))
+        records = [apply_language_guard(item_record(it, store.get(it.key)), guard)
+                   for it in items if it.key in store]
     write_jsonl(out / "judgments.jsonl", records)
-    b = cfg.backend
-    usage_all = {k: sum(r.get("usage", {}).get(k, 0) for r in records) for k in ("prompt_tokens", "completion_tokens")}
 
-    def cost(u: dict) -> float | None:
-        if b.price_prompt_per_1k is None and b.price_completion_per_1k is None:
-            return None
-        return (u["prompt_tokens"] * (b.price_prompt_per_1k or 0)
-                + u["completion_tokens"] * (b.price_completion_per_1k or 0)) / 1000
+    def usage(recs: list[dict]) -> dict:
+        return {k: sum(r.get("usage", {}).get(k, 0) for r in recs) for k in ("prompt_tokens", "completion_tokens")}
 
-    run_usage = {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens}
+    usage_all = usage(records)
+    total = {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens}
     run = {"items": stats.items, "cached": stats.cached, "judged": stats.judged, "calls": stats.calls,
-           "http_calls": getattr(backend, "calls", stats.calls), "http_retries": getattr(backend, "retries", 0),
+           "http_calls": http_calls, "http_retries": http_retries,
            "parse_retries": stats.parse_retries, "parse_errors": stats.parse_errors, "errors": stats.refused,
-           "failed": stats.failed, "seconds": round(stats.seconds, 3), "usage": run_usage, "cost": cost(run_usage)}
-    extra = {"backend": b.backend, "run": run, "usage_total": usage_all, "cost_total": cost(usage_all),
-             "missing_answers": missing, "repeats": cfg.repeats, "failed": stats.failed}
+           "failed": stats.failed, "seconds": round(stats.seconds, 3), "usage": total, "cost": _costs(run_usage)}
+    b = cfg.backend
+    extra = {"backend": b.backend, "run": run, "usage_total": usage_all,
+             "cost_total": _costs((j, usage([r for r in records if r.get("judge") == j.model])) for j in judges),
+             "missing_answers": missing, "repeats": cfg.repeats, "failed": stats.failed, "language_guard": guard}
     summary = build_summary(records, cfg.mode, models, judge=b.model, question_set=str(cfg.questions),
-                            answers_dir=str(cfg.answers_dir), bootstrap=cfg.bootstrap, seed=cfg.seed, extra=extra)
+                            answers_dir=str(cfg.answers_dir), bootstrap=cfg.bootstrap, seed=cfg.seed, extra=extra,
+                            judges=[j.model for j in judges], baseline=cfg.baseline)
     write_json(out / "summary.json", summary)
     bt = (summary.get("pairwise") or {}).get("bt") or {}
     for m, blk in sorted(summary["models"].items(), key=lambda kv: -(kv[1]["mean"] or 0)):

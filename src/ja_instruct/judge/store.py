@@ -64,8 +64,12 @@ def request_key(judge: dict, system: str, user: str, prompt, repeat: int) -> str
     """The key of one request: ``judge`` (`ja_instruct.judge.backends.judge_identity`: backend,
     model, endpoint, sampling), the exact messages, what the hf backend reads from the prompt
     besides the text, and the repeat index."""
+    extra = {}
+    scale = tuple(getattr(prompt, "scale", (1, 10)))
+    if scale != (1, 10):  # the hf judge weighs the scale's labels; (1, 10) left out keeps older keys
+        extra["scale"] = list(scale)
     return make_key(v=2, judge=judge, system=system, user=user, score_prefix=prompt.score_prefix,
-                    output_format=prompt.output_format, repeat=repeat)
+                    output_format=prompt.output_format, repeat=repeat, **extra)
 
 
 def _claim_offset(key: str) -> int:

@@ -21,7 +21,7 @@ import yaml
 from ja_instruct import __version__
 from ja_instruct.report.config import ReportConfig
 from ja_instruct.report.load import ReportData
-from ja_instruct.report.stats import ModelScores, Pairwise, judge_errors, rank_key, turn_flags
+from ja_instruct.report.stats import ModelScores, Pairwise, Panel, judge_errors, rank_key, turn_flags
 
 DEMO_BACKENDS = {"hf": "a small local model scoring answers by token log-probabilities (judge backend 'hf')",
                  "fake": "the fake judge (deterministic pseudo-scores for tests; no model)"}
@@ -141,32 +141,141 @@ def _configs(data: ReportData) -> list[dict]:
     return out
 
 
+LANGUAGES = ("ok", "mixed", "not-japanese")
+
+
+def _length(chars: float | None, tokens: float | None) -> tuple[str, str]:
+    return fmt(chars, 0), fmt(tokens, 0)
+
+
+def score_rows(models: list[str], scores: dict[str, ModelScores], health: dict[str, dict | None]) -> list[dict]:
+    """The score table's rows (one grading scale): mean and CI, the mean without the language
+    guard, answers per language label, mean answer length, errors, health."""
+    rows = []
+    for m in models:
+        if m not in scores:
+            continue
+        s = scores[m]
+        h = health.get(m)
+        chars, tokens = _length(s.length_chars, s.length_tokens)
+        rows.append({
+            "model": m, "n": s.n, "mean": fmt(s.mean), "ci": f"[{fmt(s.ci[0])}, {fmt(s.ci[1])}]",
+            "std": fmt(s.std), "median": fmt(s.median, 1), "parse_errors": s.parse_errors, "errors": s.errors,
+            "unguarded": fmt(s.unguarded_mean), "guarded": s.guarded,
+            "language": " / ".join(str(s.language.get(k, 0)) for k in LANGUAGES) if any(s.language.values()) else "–",
+            "chars": chars, "tokens": tokens, "samples": s.samples,
+            "spread": fmt(s.spread) if s.samples > 1 else "–",
+            "reasoning": (f"{s.reasoning.get('stripped', 0)} stripped, {s.reasoning.get('unclosed', 0)} unclosed"
+                          if any(s.reasoning.values()) else ""),
+            "health": [(k.replace("_", "-"), f"{100 * h[k]:.0f}%") for k in ("non_japanese", "looping", "truncated",
+                                                                             "empty", "any")] if h else None,
+        })
+    return rows
+
+
+def category_turn_table(models: list[str], scores: dict[str, ModelScores]) -> dict | None:
+    """JA MT-Bench's category x turn table: per cell the mean over samples and, with several
+    samples, their spread (sd of the per-sample means). None when there is one turn and one
+    sample (the per-category table says it all) or the judgments do not record the cells."""
+    scored = [m for m in models if m in scores and scores[m].by_category_turn]
+    if not scored:
+        return None
+    samples = max(scores[m].samples for m in scored)
+    turns = sorted({t for m in scored for c in scores[m].by_category_turn.values() for t in c}, key=int)
+    if len(turns) < 2 and samples < 2:
+        return None
+    cats = sorted({c for m in scored for c in scores[m].by_category_turn})
+
+    def cell(m: str, c: str, t: str) -> str:
+        v = scores[m].by_category_turn.get(c, {}).get(t)
+        if not v:
+            return "–"
+        return fmt(v["mean"]) + (f" ± {fmt(v['spread'])}" if v.get("spread") is not None else "")
+
+    rows = [{"category": c, "turn": t, "vals": [cell(m, c, t) for m in scored]} for c in cats for t in turns
+            if any(scores[m].by_category_turn.get(c, {}).get(t) for m in scored)]
+    for t in turns:  # the leaderboard's per-turn lines: the mean over categories of each model
+        vals = []
+        for m in scored:
+            cells = [v[t]["mean"] for v in scores[m].by_category_turn.values() if t in v]
+            vals.append(fmt(sum(cells) / len(cells)) if cells else "–")
+        # labelled as what it is: categories weigh alike here, unlike the pooled per-turn table
+        rows.append({"category": "(mean of the category means)", "turn": t, "vals": vals})
+    return {"models": scored, "samples": samples, "rows": rows}
+
+
+def panel_context(panel: Panel | None) -> dict | None:
+    """Per-judge means, the panel mean and the agreement between judges, as table strings."""
+    if panel is None:
+        return None
+    models = sorted({m for blocks in panel.per_judge.values() for m in blocks})
+
+    def mean(b: dict | None) -> str:
+        if not b:
+            return "–"
+        if b.get("scale") == "mixed":
+            return "; ".join(f"{k}: {fmt(v.get('mean'))}" for k, v in (b.get("by_scale") or {}).items())
+        return fmt(b.get("mean")) + (f" (n={b['n']})" if b.get("n") is not None else "")
+
+    rows = [{"model": m, "vals": [mean(panel.per_judge[j].get(m)) for j in panel.judges],
+             "panel": "mixed scales" if (panel.panel.get(m) or {}).get("scale") == "mixed"
+             else fmt((panel.panel.get(m) or {}).get("mean"))} for m in models]
+    agreement = []
+    for pair, a in panel.agreement.items():
+        for label, v in ((a.get("by_scale") or {}).items() if a.get("scale") == "mixed" else [("", a)]):
+            agreement.append({"pair": pair + (f" ({label})" if label else ""), "n": v.get("n"),
+                              **{k: fmt(v.get(k), 3) for k in ("spearman", "kendall", "qwk", "mad")}})
+    return {"judges": panel.judges, "rows": rows, "agreement": agreement}
+
+
+def pairwise_context(pairwise: Pairwise, figures: dict[str, str]) -> dict:
+    """The pairwise section: ranking rows with win rate and length-controlled win rate against the
+    baseline and mean answer length, and the bias figures (flip rate, first-position win rate)."""
+    k = {m: i for i, m in enumerate(pairwise.models)}
+    rows = []
+    for m in sorted(pairwise.models, key=rank_key(pairwise)):
+        i = k[m]
+        lo, hi = pairwise.rating_ci[m]
+        ln = pairwise.lengths.get(m) or {}
+        chars, tokens = _length(ln.get("chars"), ln.get("tokens"))
+        base = m == pairwise.lc_baseline
+        rows.append({"model": m, "rating": fmt(pairwise.ratings[m], 0), "ci": f"[{fmt(lo, 0)}, {fmt(hi, 0)}]",
+                     "wins": int(pairwise.wins[i].sum()), "ties": int(pairwise.ties[i].sum()),
+                     "losses": int(pairwise.wins[:, i].sum()),
+                     "win_rate": "baseline" if base else fmt(pairwise.raw_win_rate.get(m), 3),
+                     "lc_win_rate": "baseline" if base else fmt(pairwise.lc_win_rate.get(m), 3),
+                     "chars": chars, "tokens": tokens})
+    return {"n": pairwise.n_judgments, "parse_errors": pairwise.parse_errors, "errors": pairwise.errors,
+            "rows": rows, "position_bias": fmt(pairwise.position_bias, 3),
+            "inconsistency": fmt(pairwise.inconsistency, 3), "flip_rate": fmt(pairwise.flip_rate, 3),
+            "first_position_win_rate": fmt(pairwise.first_position_win_rate, 3),
+            "lc_baseline": pairwise.lc_baseline or "–",
+            "figures": [{"id": kk, "uri": figures[kk], "alt": alt, "caption": cap} for kk, alt, cap in (
+                ("heatmap", "pairwise win-rate heat map", "Win rate of the row model against the column model."),
+                ("bt", "Bradley-Terry ranking with CIs",
+                 "Bradley-Terry ratings with question-bootstrap CIs."),
+            ) if kk in figures]}
+
+
 def build_context(data: ReportData, scores: dict[str, ModelScores], pairwise: Pairwise | None,
                   health: dict[str, dict | None], figures: dict[str, str], cfg: ReportConfig,
-                  title: str, summary: dict | None = None) -> dict:
+                  title: str, summary: dict | None = None,
+                  other_scales: dict[str, dict[str, ModelScores]] | None = None, panel: Panel | None = None) -> dict:
     """Everything the template shows, as plain strings/lists (formatting happens here).
 
     ``summary`` (`ja_instruct.report.signals.build_summary`, default: computed here) gives the
-    verdict sentences and the judge-free signals table; with a demo judge they lead the page."""
+    verdict sentences and the judge-free signals table; with a demo judge they lead the page.
+    ``scores`` are on one grading scale; ``other_scales`` (``{"1-5": scores}``) get tables of
+    their own (never one mean across scales); ``panel`` the per-judge and agreement tables."""
     from ja_instruct.report.signals import build_summary, signal_table
 
     models = order_models(scores, pairwise, data, cfg)
     reason = demo_judge_reason(data, cfg)
     if summary is None:
         summary = build_summary(data, models, scores, cfg, title, reason is not None, (cfg.bootstrap, cfg.seed))
-    score_rows = []
-    for m in models:
-        if m not in scores:
-            continue
-        s = scores[m]
-        h = health.get(m)
-        score_rows.append({
-            "model": m, "n": s.n, "mean": fmt(s.mean), "ci": f"[{fmt(s.ci[0])}, {fmt(s.ci[1])}]",
-            "std": fmt(s.std), "median": fmt(s.median, 1), "parse_errors": s.parse_errors, "errors": s.errors,
-            "health": [(k.replace("_", "-"), f"{100 * h[k]:.0f}%") for k in ("non_japanese", "looping", "truncated",
-                                                                             "empty", "any")] if h else None,
-        })
+    rows_scores = score_rows(models, scores, health)
     scored = [m for m in models if m in scores]
+    scale = next((s.scale for s in scores.values()), "1-10")
     categories = sorted({c for s in scores.values() for c in s.per_category})
     category_rows = [{"category": c, "n": max((scores[m].per_category_n.get(c, 0) for m in scored), default=0),
                       "vals": [fmt(scores[m].per_category.get(c)) for m in scored]} for c in categories]
@@ -180,24 +289,12 @@ def build_context(data: ReportData, scores: dict[str, ModelScores], pairwise: Pa
             ("hist", "score histogram per model", "Score histogram per model (dashed: mean)."),
         ) if k in figures
     ]
-    pw = None
-    if pairwise is not None:
-        k = {m: i for i, m in enumerate(pairwise.models)}
-        rows = []
-        for m in sorted(pairwise.models, key=rank_key(pairwise)):
-            i = k[m]
-            lo, hi = pairwise.rating_ci[m]
-            rows.append({"model": m, "rating": fmt(pairwise.ratings[m], 0), "ci": f"[{fmt(lo, 0)}, {fmt(hi, 0)}]",
-                         "wins": int(pairwise.wins[i].sum()), "ties": int(pairwise.ties[i].sum()),
-                         "losses": int(pairwise.wins[:, i].sum())})
-        pw = {"n": pairwise.n_judgments, "parse_errors": pairwise.parse_errors, "errors": pairwise.errors,
-              "rows": rows, "position_bias": fmt(pairwise.position_bias, 3),
-              "inconsistency": fmt(pairwise.inconsistency, 3),
-              "figures": [{"id": kk, "uri": figures[kk], "alt": alt, "caption": cap} for kk, alt, cap in (
-                  ("heatmap", "pairwise win-rate heat map", "Win rate of the row model against the column model."),
-                  ("bt", "Bradley-Terry ranking with CIs",
-                   "Bradley-Terry ratings with question-bootstrap CIs."),
-              ) if kk in figures]}
+    others = []
+    for label, group in (other_scales or {}).items():
+        ms = [m for m in models if m in group] + sorted(m for m in group if m not in models)
+        others.append({"scale": label, "rows": score_rows(ms, group, health),
+                       "cat_turn": category_turn_table(ms, group)})
+    pw = pairwise_context(pairwise, figures) if pairwise is not None else None
     rows, sbs_categories = _side_by_side(data, models, cfg)
     model_meta = []
     for m in models:
@@ -228,7 +325,12 @@ def build_context(data: ReportData, scores: dict[str, ModelScores], pairwise: Pa
         "judges": sorted({r.judge for r in data.runs}), "prompts": sorted({r.prompt for r in data.runs}),
         "n_questions": len(rows), "models": scored or models, "sbs_models": models,
         "demo_judge": reason is not None, "demo_reason": reason, "ci_pct": round(cfg.ci * 100),
-        "scores": score_rows, "score_figures": score_figures, "category_rows": category_rows,
+        "scores": rows_scores, "score_figures": score_figures, "category_rows": category_rows,
+        "scale": scale, "other_scales": others, "cat_turn": category_turn_table(models, scores),
+        # records from before the language guard carry no label: no guard columns then
+        "language_shown": any(any(s.language.values()) for g in [scores, *(other_scales or {}).values()]
+                              for s in g.values()),
+        "panel": panel_context(panel),
         "category_figure": figures.get("categories"), "turns": turns, "turn_rows": turn_rows,
         "turn_figure": figures.get("turns"), "pairwise": pw, "rows": rows, "categories": sbs_categories,
         "judge_errors": judge_errors(data.judgments),

@@ -78,9 +78,19 @@ def _fig(w: float, h: float):
     return plt.subplots(figsize=(w, h))
 
 
+def _bounds(scale: str) -> tuple[int, int]:
+    """``"1-5"`` -> (1, 5): the grades of a scale label (1-10 when it is not one)."""
+    try:
+        lo, hi = (int(float(x)) for x in scale.split("-"))
+        return (lo, hi) if lo < hi else (1, 10)
+    except (ValueError, AttributeError):
+        return 1, 10
+
+
 def mean_ci(models: list[str], means: list[float], cis: list[tuple[float, float]], fmt="png", dpi=110,
-            ci_pct: int = 95) -> str:
+            ci_pct: int = 95, scale: str = "1-10") -> str:
     """Mean score per model with its bootstrap CI (horizontal, best at the top; no bar where NaN)."""
+    lo_g, hi_g = _bounds(scale)
     with _style():
         fig, ax = _fig(7, 0.5 * len(models) + 1.2)
         y = np.arange(len(models))[::-1]
@@ -90,13 +100,14 @@ def mean_ci(models: list[str], means: list[float], cis: list[tuple[float, float]
         ax.barh(y, m, color=[COLORS[i % 10] for i in range(len(models))], alpha=0.75)
         ax.errorbar(m, y, xerr=[np.nan_to_num(lo), np.nan_to_num(hi)], fmt="none", ecolor="black", capsize=4)
         ax.set_yticks(y, models)
-        ax.set_xlim(0, 10)
-        ax.set_xlabel(f"mean score (1-10) with {ci_pct}% question-bootstrap CI")
+        ax.set_xlim(0, hi_g)
+        ax.set_xlabel(f"mean score ({scale}) with {ci_pct}% question-bootstrap CI")
         return to_data_uri(fig, fmt, dpi)
 
 
-def box_plot(models: list[str], scores: list[list[float]], fmt="png", dpi=110) -> str:
+def box_plot(models: list[str], scores: list[list[float]], fmt="png", dpi=110, scale: str = "1-10") -> str:
     """Score distributions side by side (the seed's box plot of base vs tuned)."""
+    lo_g, hi_g = _bounds(scale)
     with _style():
         fig, ax = _fig(max(5, 1.1 * len(models) + 2), 4)
         data = [s if s else [np.nan] for s in scores]
@@ -106,21 +117,22 @@ def box_plot(models: list[str], scores: list[list[float]], fmt="png", dpi=110) -
             box.set_alpha(0.5)
         ax.set_xticks(range(1, len(models) + 1), models, rotation=30 if len(models) > 3 else 0, ha="right"
                       if len(models) > 3 else "center")
-        ax.set_ylim(0.5, 10.5)
-        ax.set_ylabel("score")
+        ax.set_ylim(lo_g - 0.5, hi_g + 0.5)
+        ax.set_ylabel(f"score ({scale})")
         ax.set_title("Score distribution per model (triangle = mean)")
         return to_data_uri(fig, fmt, dpi)
 
 
-def histograms(models: list[str], scores: list[list[float]], fmt="png", dpi=110) -> str:
+def histograms(models: list[str], scores: list[list[float]], fmt="png", dpi=110, scale: str = "1-10") -> str:
     """One score histogram per model on shared axes (the seed's per-model histograms)."""
+    lo_g, hi_g = _bounds(scale)
     with _style():
         n = len(models)
         cols = min(n, 4)
         rows = (n + cols - 1) // cols
         fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False,
                                  sharex=True, sharey=True, layout="constrained")  # room for sup labels
-        bins = np.arange(0.5, 11.5, 1.0)
+        bins = np.arange(lo_g - 0.5, hi_g + 1.5, 1.0)
         for i, ax in enumerate(axes.flat):
             if i >= n:
                 ax.set_visible(False)
@@ -128,17 +140,18 @@ def histograms(models: list[str], scores: list[list[float]], fmt="png", dpi=110)
             ax.hist(scores[i], bins=bins, color=COLORS[i % 10], alpha=0.8, edgecolor="white")
             ax.set_title(models[i], fontsize=9)
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_xticks(range(1, 11))
+            ax.set_xticks(range(lo_g, hi_g + 1))
             if scores[i]:
                 ax.axvline(float(np.mean(scores[i])), color="black", linestyle="--", linewidth=1)
-        fig.supxlabel("score (dashed line: mean)")
+        fig.supxlabel(f"score, {scale} (dashed line: mean)")
         fig.supylabel("answers")
         return to_data_uri(fig, fmt, dpi)
 
 
 def grouped_bars(groups: list[str], models: list[str], values: dict[str, dict], xlabel: str,
-                 fmt="png", dpi=110) -> str:
+                 fmt="png", dpi=110, scale: str = "1-10") -> str:
     """Mean score per group (category or turn) and model, as grouped bars."""
+    _, hi_g = _bounds(scale)
     with _style():
         fig, ax = _fig(max(6, 0.9 * len(groups) * max(1, len(models)) * 0.35 + 3), 4)
         width = 0.8 / max(1, len(models))
@@ -147,8 +160,8 @@ def grouped_bars(groups: list[str], models: list[str], values: dict[str, dict], 
             ys = [values.get(m, {}).get(g, np.nan) for g in groups]
             ax.bar(x + (i - (len(models) - 1) / 2) * width, ys, width, label=m, color=COLORS[i % 10])
         ax.set_xticks(x, groups, rotation=30 if len(groups) > 6 else 0)
-        ax.set_ylim(0, 10)
-        ax.set_ylabel("mean score")
+        ax.set_ylim(0, hi_g)
+        ax.set_ylabel(f"mean score ({scale})")
         ax.set_xlabel(xlabel)
         ax.legend(fontsize=8, ncols=min(4, len(models)), loc="upper center", bbox_to_anchor=(0.5, -0.15))
         return to_data_uri(fig, fmt, dpi)
@@ -188,3 +201,39 @@ def bt_ranking(models: list[str], ratings: dict[str, float], ci: dict[str, tuple
         ax.set_yticks(y, order)
         ax.set_xlabel(f"Bradley-Terry rating (Elo scale, 1000 = average) with {ci_pct}% question-bootstrap CI")
         return to_data_uri(fig, fmt, dpi)
+
+
+def agreement_figure(result: dict):
+    """Two raters of the same items (a `ja_instruct.judge.agree.compare` result): the heat map of
+    their grades (how many items A graded i and B graded j) and each model's mean by A vs by B.
+    Returns the figure (the caller saves or inlines it)."""
+    with _style():
+        grades, conf = result["grades"], np.array(result["confusion"], dtype=float)
+        fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4.4), layout="constrained")
+        im = ax.imshow(conf, cmap="Blues", origin="lower")
+        k = len(grades)
+        ax.set_xticks(range(k), grades)
+        ax.set_yticks(range(k), grades)
+        for i in range(k):
+            for j in range(k):
+                if conf[i, j]:
+                    ax.text(j, i, f"{int(conf[i, j])}", ha="center", va="center", fontsize=8,
+                            color="white" if conf[i, j] > conf.max() / 2 else "black")
+        ov = result["overall"]
+        rho, kappa = (f"{v:.2f}" if v is not None else "-" for v in (ov["spearman"], ov["qwk"]))
+        ax.set_title(f"items (n={ov['n']}; Spearman {rho}, QWK {kappa})", fontsize=10)
+        ax.set_xlabel(f"B grade: {Path(result['b']['path']).name}")
+        ax.set_ylabel(f"A grade: {Path(result['a']['path']).name}")
+        fig.colorbar(im, ax=ax, fraction=0.046, label="items")
+        lo, hi = grades[0], grades[-1]
+        bx.plot([lo, hi], [lo, hi], color="gray", linestyle="--", linewidth=1)
+        for i, (m, v) in enumerate(result["means"].items()):
+            bx.scatter(v["b"], v["a"], color=COLORS[i % 10], label=m, zorder=3)
+        bx.set_xlim(lo - 0.2, hi + 0.2)
+        bx.set_ylim(lo - 0.2, hi + 0.2)
+        bx.set_xlabel("mean by B")
+        bx.set_ylabel("mean by A")
+        bx.set_title("per model (dashed: equal)", fontsize=10)
+        if result["means"]:
+            bx.legend(fontsize=7, loc="upper left")
+        return fig

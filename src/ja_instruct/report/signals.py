@@ -15,7 +15,8 @@ report says so.
   better), in Japanese (an empty turn is not Japanese; higher is better), looping (lower is
   better). The share of empty turns is shown beside them, without a verdict of its own: it
   already lowers the first two, so a model that answers nothing cannot look healthy;
-* the judge's mean score (higher is better; a demo judge's says little).
+* the judge's mean score (higher is better; a demo judge's says little), on the main table's
+  grading scale only (never averaged across scales).
 
 **Verdict rule** (tuned vs base, per signal, the same for all): the interval of the paired
 difference tuned - base at the report's confidence level (`ja_instruct.stats.paired_ratio_difference`,
@@ -37,6 +38,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ja_instruct.errors import UserError
+from ja_instruct.judge.summary import scale_label
 from ja_instruct.report.config import ReportConfig
 from ja_instruct.report.load import TRAINED, ModelInfo, ReportData
 from ja_instruct.report.stats import ModelScores, health_signals, question_health
@@ -189,12 +191,16 @@ def nll_comparison(base: dict, tuned: dict, n_boot: int, seed: int, ci: float) -
                    n_boot, seed, ci)
 
 
-def judge_comparison(judgments: list[dict], base: str, tuned: str, n_boot: int, seed: int, ci: float) -> dict | None:
+def judge_comparison(judgments: list[dict], base: str, tuned: str, n_boot: int, seed: int, ci: float,
+                     scale: str | None = None) -> dict | None:
     """Paired comparison of two models' mean judge scores over the questions both were graded on
-    (difference tuned - base; questions resampled)."""
+    (difference tuned - base; questions resampled), on one grading ``scale`` (``"1-10"``; None:
+    every single-mode judgment, for callers that know there is one scale)."""
     sums: dict[str, dict[str, list[float]]] = {base: defaultdict(lambda: [0.0, 0.0]),
                                                tuned: defaultdict(lambda: [0.0, 0.0])}
     for r in judgments:
+        if scale is not None and r.get("mode") == "single" and scale_label(r) != scale:
+            continue  # never average across scales
         if r.get("mode") == "single" and r.get("model") in sums and is_ok(r) and r.get("score") is not None:
             s = sums[r["model"]][str(r["question_id"])]
             s[0] += float(r["score"])
@@ -312,7 +318,7 @@ def _verdicts(base: str, tuned: str, data: ReportData, blocks: dict, cfg: Report
         rec(sig, ev["base_count"] / ev["base_total"], ev["tuned_count"] / ev["tuned_total"], _judged(ev, not higher))
     jb, jt = blocks[base]["judge"], blocks[tuned]["judge"]
     if jb and jt and jb["mean"] is not None and jt["mean"] is not None:
-        paired = judge_comparison(data.judgments, base, tuned, *judge_boot, cfg.ci)
+        paired = judge_comparison(data.judgments, base, tuned, *judge_boot, cfg.ci, scale=jb.get("scale"))
         verdict, ev = _judged(paired, False)
         rec("judge", paired["base"] if paired else jb["mean"], paired["tuned"] if paired else jt["mean"],
             (verdict, {**ev, "demo_judge": demo}))
@@ -337,7 +343,7 @@ def build_summary(data: ReportData, models: list[str], scores: dict[str, ModelSc
         blocks[m] = {
             "role": roles.get(m),
             "judge": {"mean": _clean(s.mean), "ci": [_clean(c) for c in s.ci] if _clean(s.ci[0]) is not None
-                      else None, "n": s.n} if s else None,
+                      else None, "n": s.n, "scale": s.scale} if s else None,
             "reference_nll": _nll_block(data.reference_nll.get(m)),
             "reference_nll_note": _nll_note(data, m),
             "health": health_signals(data.answers.get(m, {}), cfg.min_ja_ratio, cfg.max_repeat_ratio),
