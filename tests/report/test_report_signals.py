@@ -373,3 +373,19 @@ def test_nll_is_called_held_out_only_for_the_held_out_split(tmp_path, heldout, l
         assert "Held-out" not in md and "Held-out" not in html
         assert ("refs/qa.jsonl" in meaning) == (heldout is False)
         assert ("not recorded" in meaning) == (heldout is _UNSET)
+
+
+def test_a_judge_verdict_moved_by_the_language_guard_says_so():
+    from ja_instruct.report.signals import _guard_note
+
+    def rec(model, q, score, raw, guarded):
+        return {"mode": "single", "model": model, "question_id": q, "status": "ok", "score": score,
+                "score_unguarded": raw, "guarded": guarded, "scale": [1, 10]}
+
+    recs = [rec("base", 1, 1.0, 5.0, True), rec("base", 2, 4.0, 4.0, False),
+            rec("tuned", 1, 5.0, 5.0, False), rec("tuned", 2, 4.0, 4.0, False)]
+    note = _guard_note(recs, "base", "tuned", "1-10")
+    assert "capped 1 answer(s) of base and 0 of tuned" in note and "4.50 and 4.50" in note
+    # nothing capped: nothing to say
+    assert _guard_note([{**r, "guarded": False, "score": r["score_unguarded"]} for r in recs],
+                       "base", "tuned", "1-10") is None

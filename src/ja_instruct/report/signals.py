@@ -322,9 +322,30 @@ def _verdicts(base: str, tuned: str, data: ReportData, blocks: dict, cfg: Report
         verdict, ev = _judged(paired, False)
         rec("judge", paired["base"] if paired else jb["mean"], paired["tuned"] if paired else jt["mean"],
             (verdict, {**ev, "demo_judge": demo}))
+        guard = _guard_note(data.judgments, base, tuned, jb.get("scale"))
+        if guard:
+            notes.append(guard)
     if not demo:  # a real judge leads
         recs.sort(key=lambda r: r["signal"] != "judge")
     return recs, notes
+
+
+def _guard_note(judgments: list[dict], base: str, tuned: str, scale: str | None) -> str | None:
+    """When the language guard capped answers of either model: how many, and both means without it,
+    so a judge-score verdict is never read as the judge's alone."""
+    capped, raw = {base: 0, tuned: 0}, {base: [], tuned: []}
+    for r in judgments:
+        if (r.get("mode") != "single" or r.get("model") not in raw or not is_ok(r)
+                or (scale is not None and scale_label(r) != scale)):
+            continue
+        capped[r["model"]] += bool(r.get("guarded"))
+        if r.get("score_unguarded") is not None:
+            raw[r["model"]].append(float(r["score_unguarded"]))
+    if not any(capped.values()) or not raw[base] or not raw[tuned]:
+        return None
+    return (f"Judge score: the language guard capped {capped[base]} answer(s) of {base} and {capped[tuned]} of "
+            f"{tuned} that are not in Japanese at the lowest grade; without it the means are "
+            f"{sum(raw[base]) / len(raw[base]):.2f} and {sum(raw[tuned]) / len(raw[tuned]):.2f}.")
 
 
 def build_summary(data: ReportData, models: list[str], scores: dict[str, ModelScores], cfg: ReportConfig,
