@@ -38,3 +38,20 @@ def source():
         return {"name": name, "path": str(path), "format": fmt, "license": license, **kw}
 
     return make
+
+
+@pytest.fixture
+def calls(monkeypatch) -> list[str]:
+    """The answers the fake judge was asked about, in call order (the fake judge, counted)."""
+    from ja_instruct.judge import backends
+    from ja_instruct.judge.backends import FakeBackend
+
+    seen: list[str] = []
+
+    class Counting(FakeBackend):
+        async def judge(self, req):
+            seen.append(req.answers[0])
+            return await super().judge(req)
+
+    monkeypatch.setitem(backends.BACKENDS, "fake", Counting)
+    return seen

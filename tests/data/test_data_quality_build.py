@@ -10,26 +10,11 @@ import pytest
 from ja_instruct.data import build_dataset, load_dataset_dir
 from ja_instruct.data.build import data_manifest
 from ja_instruct.data.config import DataConfig
-from ja_instruct.judge import backends
-from ja_instruct.judge.backends import FakeBackend, fake_quality
+from ja_instruct.judge.backends import fake_quality
 
 ANSWERS = ["東京です。", "大阪は日本第二の都市圏です。", "I don't know.", "はい。" * 30,
            "富士山は標高3776メートルで、日本で最も高い山です。", "わかりません", "水は100度で沸騰します（1気圧）。",
            "Paris", "桜は春に咲きます。日本各地でお花見が行われます。"]
-
-
-@pytest.fixture
-def calls(monkeypatch) -> list[str]:
-    """The responses the fake judge was asked about."""
-    seen: list[str] = []
-
-    class Counting(FakeBackend):
-        async def judge(self, req):
-            seen.append(req.answers[0])
-            return await super().judge(req)
-
-    monkeypatch.setitem(backends.BACKENDS, "fake", Counting)
-    return seen
 
 
 def write_source(path, answers):

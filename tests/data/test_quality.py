@@ -45,20 +45,6 @@ def last_answer(ex: dict) -> str:
     return [m["content"] for m in ex["messages"] if m["role"] == "assistant"][-1]
 
 
-@pytest.fixture
-def calls(monkeypatch) -> list[str]:
-    """The answers the fake judge was asked about, in call order."""
-    seen: list[str] = []
-
-    class Counting(FakeBackend):
-        async def judge(self, req):
-            seen.append(req.answers[0])
-            return await super().judge(req)
-
-    monkeypatch.setitem(backends.BACKENDS, "fake", Counting)
-    return seen
-
-
 def quiet(_line: str) -> None:
     pass
 
