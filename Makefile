@@ -2,6 +2,7 @@
 #   make demo   set up .venv, then run the whole pipeline on the embedded default (CPU, ~15 min)
 #   make test   set up .venv, then run the test suite
 #   make test-vllm  vLLM (its own .venv-vllm) against the hf backend (mk/vllm.mk)
+#   make demo-dpo   after `make demo`: judge-labelled pairs -> DPO -> base vs SFT vs DPO (mk/dpo.mk)
 #
 # On a CPU machine torch is pinned to 2.13.0 through constraints-cpu.txt (an unpinned
 # torch pulls a multi-GB CUDA build). GPU users pick their own torch:
@@ -48,3 +49,6 @@ clean:
 
 # make test-vllm: vLLM in its own virtualenv, checked against the hf backend
 include mk/vllm.mk
+
+# make demo-dpo: DPO after the demo's SFT, report base vs SFT vs DPO (mk/dpo.mk)
+include mk/dpo.mk

@@ -94,7 +94,7 @@ def test_pipeline_killed_in_training_resumes_then_does_nothing(tmp_path, tiny_mo
     r = subprocess.run([sys.executable, str(KILL_AT_STEP), *_run(recipe)], env=env,
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode != 0, r.stdout + r.stderr
-    assert "[1/5] data     done" in r.stdout, r.stdout + r.stderr
+    assert "[1/6] data     done" in r.stdout, r.stdout + r.stderr
     assert (root / "data" / "manifest.json").is_file()
     assert not (root / "train" / "manifest.json").exists() and not (root / "train" / "final").exists()
 
@@ -217,7 +217,7 @@ def test_absent_sections_are_skipped_and_changes_rerun_only_downstream(tmp_path,
                                judge={"backend": {"backend": "fake"}, "questions": str(qs)})
     assert main(["run", str(recipe)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    for stage in ("data", "train", "generate"):
+    for stage in ("data", "pairs", "train", "generate"):
         assert any(f"] {stage:<8} skipped: the recipe has no '{stage}' section" in x for x in lines)
     assert _status(lines, "judge") == "done" and _status(lines, "report") == "done"
     index = tmp_path / "run" / "report" / "index.html"

@@ -21,6 +21,7 @@ from ja_instruct.errors import UserError
 # The registry: subcommand -> module with a ``register(subparsers)`` function.
 COMMANDS: dict[str, str] = {
     "data": "ja_instruct.data.cli",
+    "pairs": "ja_instruct.pairs.cli",
     "train": "ja_instruct.train.cli",
     "generate": "ja_instruct.generate.cli",
     "judge": "ja_instruct.judge.cli",

@@ -36,6 +36,7 @@ LAYOUT = "layout.json"
 # stage -> default folder name under the run root (the generate stage writes "answers").
 STAGE_FOLDERS: dict[str, str] = {
     "data": "data",
+    "pairs": "pairs",
     "train": "train",
     "generate": "answers",
     "judge": "judge",

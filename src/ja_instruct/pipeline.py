@@ -35,6 +35,12 @@ def _data(recipe) -> Path:
     return out
 
 
+def _pairs(recipe) -> Path:
+    from ja_instruct.pairs.run import run_pairs
+
+    return run_pairs(recipe)
+
+
 def _train(recipe) -> Path:
     from ja_instruct.train import run_training
 
@@ -62,6 +68,7 @@ def _report(recipe) -> Path:
 # The registry: stage name (= recipe section) -> entry point returning its output path.
 STAGE_RUNNERS: dict[str, Callable] = {
     "data": _data,
+    "pairs": _pairs,
     "train": _train,
     "generate": _generate,
     "judge": _judge,

@@ -3,6 +3,7 @@
 ```yaml
 name: demo
 data: {...}      # ja_instruct.data.config.DataConfig
+pairs: {...}     # ja_instruct.pairs.config.PairsConfig (preference pairs for train.method: dpo)
 train: {...}     # ja_instruct.train.config.TrainConfig
 generate: {...}  # ja_instruct.generate.config.GenerateConfig
 judge: {...}     # ja_instruct.judge.config.JudgeConfig
@@ -22,14 +23,15 @@ from ja_instruct.config import StrictModel, load_config
 from ja_instruct.data.config import DataConfig
 from ja_instruct.generate.config import GenerateConfig
 from ja_instruct.judge.config import JudgeConfig
+from ja_instruct.pairs.config import PairsConfig
 from ja_instruct.report.config import ReportConfig
 from ja_instruct.train.config import TrainConfig
 
-STAGES = ("data", "train", "generate", "judge", "report")
+STAGES = ("data", "pairs", "train", "generate", "judge", "report")
 
 
 class Recipe(StrictModel):
-    """A whole run: data -> train -> generate -> judge -> report."""
+    """A whole run: data -> (pairs ->) train -> generate -> judge -> report."""
 
     name: str = "run"
     """Name of the run; used in output paths, model ids and the model card."""
@@ -39,8 +41,10 @@ class Recipe(StrictModel):
     """Global random seed (data mixing, sampling, training, judging order)."""
     data: DataConfig | None = None
     """Data stage: sources, cleaning, mixture, licence policy (`ja-instruct data build`)."""
+    pairs: PairsConfig | None = None
+    """Preference pairs labelled by a judge, for `train.method: dpo` (`ja-instruct pairs`)."""
     train: TrainConfig | None = None
-    """Training stage: SFT with FSDP2 (`ja-instruct train`)."""
+    """Training stage: SFT, or DPO on the pairs, with FSDP2 (`ja-instruct train`)."""
     generate: GenerateConfig | None = None
     """Answer generation for a question set (`ja-instruct generate`)."""
     judge: JudgeConfig | None = None

@@ -64,3 +64,24 @@ def read_metrics(path: Path) -> dict[int, dict]:
     import json
 
     return {r["step"]: r for r in map(json.loads, path.read_text().splitlines())}
+
+
+def make_pairs(n: int, seed: int = 0, heldout: int = 0) -> list[dict]:
+    """``n`` preference pairs (plain layout) over the toy prompts: chosen answers are the prompt's
+    matching answer, rejected ones another answer; the last ``heldout`` are split ``heldout``."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        k = rng.randrange(len(_Q))
+        other = (k + rng.randint(1, len(_A) - 1)) % len(_A)
+        out.append({"id": f"p{i}", "prompt": _Q[k], "chosen": "".join([_A[k]] * rng.randint(1, 2)),
+                    "rejected": _A[other], "split": "heldout" if i >= n - heldout else "train"})
+    return out
+
+
+def write_pairs(path: Path, rows: list[dict]) -> Path:
+    """A preference JSONL file (one pair per line)."""
+    import json
+
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path

@@ -131,9 +131,11 @@ def test_rows_unit_keeps_the_old_order_and_the_old_run_identity():
             assert isinstance(s, StepSampler) and s.steps_per_epoch == -(-21 // g)
             for step in range(2 * s.steps_per_epoch):
                 assert s.micro_batch_rows(step) == [[rows[r] for r in mb] for mb in s.micro_batches(step)]
-    # the default unit is left out of the hashed config: runs made before batch_unit keep their id
+    # the default unit (and SFT's method) is left out of the hashed config: runs made before
+    # batch_unit and DPO keep their id
     base = TrainConfig(model="m")
-    assert set(hashed_config(base, 1)) == (set(TrainConfig.model_fields) - set(NOT_HASHED) - {"batch_unit"}) | {"seed"}
+    assert set(hashed_config(base, 1)) == \
+        (set(TrainConfig.model_fields) - set(NOT_HASHED) - {"batch_unit", "method", "dpo"}) | {"seed"}
     ex = base.model_copy(update={"batch_unit": "examples"})
     assert hashed_config(ex, 1)["batch_unit"] == "examples" and hashed_config(ex, 1) != hashed_config(base, 1)
     assert TrainConfig.model_validate(base.model_dump()).batch_unit == "rows"

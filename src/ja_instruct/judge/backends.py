@@ -390,6 +390,14 @@ def public_url(url: str | None) -> str | None:
     return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, "", ""))
 
 
+def public_judge_config(cfg):
+    """A judge section (`JudgeConfig`) as saved beside outputs: every endpoint URL without user
+    info or query (`public_url`), where a key could hide."""
+    backend = cfg.backend.model_copy(update={"base_url": public_url(cfg.backend.base_url)})
+    panel = [b.model_copy(update={"base_url": public_url(b.base_url)}) for b in cfg.panel]
+    return cfg.model_copy(update={"backend": backend, "panel": panel})
+
+
 def make_backend(cfg: JudgeBackendConfig):
     """The backend named by ``cfg.backend`` (the registry is `BACKENDS`)."""
     return BACKENDS[cfg.backend](cfg)

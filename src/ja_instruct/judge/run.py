@@ -224,7 +224,9 @@ def judge_config(cfg: JudgeConfig, out_dir: str | Path, progress: bool = True) -
     items, models, missing = plan(cfg)
     out.mkdir(parents=True, exist_ok=True)
     remove_manifest(out)  # from here on the folder is incomplete until the new manifest lands
-    save_config(cfg, out)
+    from ja_instruct.judge.backends import public_judge_config
+
+    save_config(public_judge_config(cfg), out)
     records, stats, summary = _judge_and_summarise(cfg, out, items, models, missing, progress)
     counts = {"items": len(items), "judged": stats.judged, "cached": stats.cached,
               "errors": sum(r.get("status") == "error" for r in records),

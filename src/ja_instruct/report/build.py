@@ -121,6 +121,12 @@ def _build(judge_dirs: list[str | Path], out: Path, cfg: ReportConfig, inputs: d
     summary = build_summary(data, models, scores, cfg, cfg.title, demo_judge_reason(data, cfg) is not None,
                             (n_boot, seed))
     summary["scales"] = list(by_scale)  # one table per grading scale, never a mean across them
+    for m in summary.get("preference", {}):  # a DPO model's rewards by step
+        from ja_instruct.report.preference import curves
+
+        c = curves(data.models[m].preference_steps or [])
+        if c["step"] or c["eval_step"]:
+            figures[f"dpo:{m}"] = plots.dpo_curves(c, fmt, dpi)
     if pairwise is not None:
         summary["pairwise_bias"] = {
             "flip_rate": pairwise.flip_rate, "first_position_win_rate": pairwise.first_position_win_rate,

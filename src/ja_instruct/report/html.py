@@ -123,7 +123,7 @@ def _side_by_side(data: ReportData, models: list[str], cfg: ReportConfig) -> tup
 
 
 def _configs(data: ReportData) -> list[dict]:
-    """The resolved configs found next to the inputs (judge, generate, train, data)."""
+    """The resolved configs found next to the inputs (judge, generate, train, data, pairs)."""
     seen, out = set(), []
     paths = [r.dir / "config.yaml" for r in data.runs]
     paths += [r.answers_dir / "config.yaml" for r in data.runs if r.answers_dir]
@@ -133,6 +133,10 @@ def _configs(data: ReportData) -> list[dict]:
     for r in data.runs:
         if r.answers_dir:
             paths.append(r.answers_dir.parent / "data" / "config.yaml")
+    for info in data.models.values():  # the pairs a DPO model was trained on (a folder of `ja-instruct pairs`)
+        pairs = ((info.preference or {}).get("pairs") or {}).get("path")
+        if pairs and Path(str(pairs)).is_dir():
+            paths.append(Path(str(pairs)) / "config.yaml")
     for p in paths:
         rp = p.resolve()
         if p.is_file() and rp not in seen:
@@ -267,6 +271,7 @@ def build_context(data: ReportData, scores: dict[str, ModelScores], pairwise: Pa
     verdict sentences and the judge-free signals table; with a demo judge they lead the page.
     ``scores`` are on one grading scale; ``other_scales`` (``{"1-5": scores}``) get tables of
     their own (never one mean across scales); ``panel`` the per-judge and agreement tables."""
+    from ja_instruct.report.preference import preference_context
     from ja_instruct.report.signals import build_summary, signal_table
 
     models = order_models(scores, pairwise, data, cfg)
@@ -339,9 +344,24 @@ def build_context(data: ReportData, scores: dict[str, ModelScores], pairwise: Pa
                   "n": sum(1 for j in data.judgments if j.get("judge") == r.judge)} for r in data.runs],
         "model_meta": model_meta, "configs": _configs(data),
         "verdicts": [v["sentence"] for v in summary["verdicts"]], "notes": summary["notes"] + data_notes,
+        "verdict_groups": verdict_groups(summary),
+        "preference": preference_context(summary.get("preference") or {}, figures),
         "signals": signal_table(summary), "baseline": summary["baseline"],
         "nll_files": [{**f, "line": references_line(f)} for f in summary["reference_nll_files"]],
     }
+
+
+def verdict_groups(summary: dict) -> list[dict]:
+    """The verdict sentences grouped by step (base -> SFT, SFT -> DPO, base -> DPO) when the report
+    follows a lineage; [] otherwise (one flat list, as before)."""
+    groups: dict[tuple, dict] = {}
+    for v in summary["verdicts"]:
+        if "step" not in v:
+            return []
+        g = groups.setdefault((v["step"], v["baseline"], v["model"]), {
+            "step": v["step"], "baseline": v["baseline"], "model": v["model"], "sentences": []})
+        g["sentences"].append(v["sentence"])
+    return list(groups.values())
 
 
 def render_html(context: dict) -> str:

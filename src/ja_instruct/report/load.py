@@ -16,6 +16,9 @@ Where things are found, starting from a judge folder ``J``:
   the model, through the train config's ``dataset_dir``, or in ``<root>/data``; the base model of
   a trained one: the train config's ``model`` (``<train>/config.yaml``); the benchmark contamination
   result of that same stats.json (`ja_instruct.data.card.describe_contamination`);
+* how a model folder ``M`` was trained (any model, not only ``trained``): the train stage's
+  ``M/../manifest.json`` (``details["method"]``, ``details["dpo"]``) and ``M/../config.yaml``
+  (``model``: what it started from), and per-step DPO figures from ``M/../metrics.jsonl``;
 * reference NLLs: ``reference_nll.json`` in the answers folder (optional; see
   `load_reference_nll`).
 """
@@ -70,6 +73,9 @@ class ModelInfo:
     card: str | None = None
     train_model: str | None = None  # a trained model's base: its train config's ``model``
     data_checks: list[str] | None = None  # the contamination sentences of its training data's stats.json
+    method: str | None = None  # "sft" | "dpo": the train run that exported it (None: not trained by us)
+    preference: dict | None = None  # its train manifest's details["dpo"] (a DPO model only)
+    preference_steps: list[dict] | None = None  # its DPO run's metrics.jsonl lines (train and eval)
 
 
 @dataclass
@@ -143,10 +149,31 @@ def input_fingerprints(judge_dirs: list[str | Path]) -> dict[str, str]:
                 {f.name: file_fingerprint(f) for f in sorted(answers_dir.glob("*.jsonl"))})
             if (answers_dir / REFERENCE_NLL).is_file():
                 inputs[f"reference_nll:{answers_dir}"] = file_fingerprint(answers_dir / REFERENCE_NLL)
+            inputs.update(_dpo_run_inputs(answers_dir))
         q = (summary or {}).get("question_set") or config.get("questions")
         if q and resolve_path(q).is_file():
             inputs[f"questions:{q}"] = file_fingerprint(resolve_path(q))
     return inputs
+
+
+def _dpo_run_inputs(answers_dir: Path) -> dict[str, str]:
+    """The train manifests (and metrics) of the DPO models answered in ``answers_dir``: the
+    "Preference tuning" section shows them, and a DPO run re-measured with another ``eval_every``
+    changes them without changing any answer. Nothing for SFT models (their reports' manifests
+    stay as they were)."""
+    from ja_instruct.manifest import RunLayout, file_fingerprint, read_manifest
+
+    out = {}
+    for spec in _read_yaml(answers_dir / "config.yaml").get("models") or []:
+        path = spec.get("path") if isinstance(spec, dict) else None
+        if not path or str(path).startswith("embedded:"):
+            continue
+        train = RunLayout(answers_dir.parent).train if path == TRAINED else Path(str(path)).expanduser().parent
+        m = read_manifest(train, "train")
+        if m is not None and m.details.get("method") == "dpo":
+            files = [f for f in (train / "manifest.json", train / "metrics.jsonl") if f.is_file()]
+            out[f"train:{train}"] = "+".join(file_fingerprint(f) for f in files)
+    return out
 
 
 def load_judge_run(judge_dir: str | Path) -> tuple[JudgeRun, list[dict]]:
@@ -235,6 +262,7 @@ def _model_provenance(info: ModelInfo, root: Path | None) -> None:
     mdir = Path(path).expanduser()
     if not mdir.is_dir():
         return
+    _train_run(info, mdir)
     card = mdir / "README.md"
     if card.is_file():
         info.card = card.read_text(encoding="utf-8", errors="replace")
@@ -255,6 +283,30 @@ def _model_provenance(info: ModelInfo, root: Path | None) -> None:
                 # the same words as the dataset and model cards (one implementation)
                 info.data_checks = describe_contamination(stats)
                 return
+
+
+def _train_run(info: ModelInfo, mdir: Path) -> None:
+    """How the train stage made the model folder ``mdir`` (``<train>/final``), when it did: the
+    model it started from (lets the report follow base -> SFT -> DPO), the method, and for DPO
+    the manifest's ``details["dpo"]`` and the run's metrics.jsonl."""
+    from ja_instruct.manifest import read_manifest
+
+    train = mdir.parent
+    manifest = read_manifest(train, "train")
+    config = _read_yaml(train / "config.yaml")
+    if manifest is None and not config.get("model"):
+        return  # not a folder our train stage exported
+    if info.train_model is None:
+        start = config.get("model") or (manifest.config.get("model") if manifest is not None else None)
+        info.train_model = str(start) if start else None
+    details = manifest.details if manifest is not None else {}
+    # a run from before `method` existed was SFT: the only method there was
+    info.method = str(details.get("method") or config.get("method") or "sft")
+    if info.method == "dpo" and isinstance(details.get("dpo"), dict):
+        info.preference = details["dpo"]
+        metrics = train / "metrics.jsonl"
+        if metrics.is_file():  # a line cut by a killed run costs that line, not the report
+            info.preference_steps = [r for _, r in iter_jsonl(metrics, on_error="skip", errors=[], allow_empty=True)]
 
 
 def _number(v: Any) -> bool:

@@ -237,3 +237,24 @@ def agreement_figure(result: dict):
         if result["means"]:
             bx.legend(fontsize=7, loc="upper left")
         return fig
+
+
+def dpo_curves(c: dict, fmt="png", dpi=110) -> str:
+    """A DPO run by step (`ja_instruct.report.preference.curves`): the reward margin and the
+    preference accuracy, of the training batches (lines) and of the held-out pairs (points)."""
+    with _style():
+        fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
+        for axis, key, label in ((ax, "margin", "reward margin (chosen - rejected)"),
+                                 (bx, "accuracy", "preference accuracy")):
+            if c["step"]:
+                axis.plot(c["step"], [np.nan if v is None else v for v in c[key]], color=COLORS[0], alpha=0.6,
+                          linewidth=1, label="training batch")
+            if c["eval_step"]:
+                axis.plot(c["eval_step"], [np.nan if v is None else v for v in c[f"eval_{key}"]], "o-",
+                          color=COLORS[3], label="held-out pairs")
+            axis.set_xlabel("optimiser step")
+            axis.set_ylabel(label)
+            axis.legend(fontsize=8)
+        ax.axhline(0, color="gray", linestyle="--", linewidth=0.8)
+        bx.set_ylim(-0.05, 1.05)
+        return to_data_uri(fig, fmt, dpi)

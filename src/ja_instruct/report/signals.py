@@ -1,9 +1,7 @@
 """Did tuning help? Judge-free signals per model, and one verdict per signal against the base.
 
-**Roles.** Tuned models are those the generate stage answered with ``path: trained``. The base
-is `ReportConfig.baseline` when set, else the generate model whose ``path`` is the train config's
-``model`` (the model the tuned one started from). Without a base nothing is compared, and the
-report says so.
+**Roles** (who is the base, who was tuned from whom): `ja_instruct.report.lineage`. Every
+comparison it names, (base, tuned) or each step of base -> SFT -> DPO, gets the verdicts below.
 
 **Signals** (what each number means is in `definitions`, shown beside it everywhere):
 
@@ -35,12 +33,12 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from pathlib import Path
 
-from ja_instruct.errors import UserError
 from ja_instruct.judge.summary import scale_label
 from ja_instruct.report.config import ReportConfig
-from ja_instruct.report.load import TRAINED, ModelInfo, ReportData
+from ja_instruct.report.lineage import find_lineage, find_roles, step_name  # noqa: F401 (find_roles: API)
+from ja_instruct.report.load import ReportData
+from ja_instruct.report.preference import preference_blocks
 from ja_instruct.report.stats import ModelScores, health_signals, question_health
 from ja_instruct.stats import ci_key, is_ok, paired_ratio_difference
 
@@ -112,49 +110,6 @@ def definitions(cfg: ReportConfig, nll_files: list[dict] = ()) -> dict[str, str]
 def _clean(x):
     """None for NaN/missing (JSON has no NaN), else a float."""
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
-
-
-def _spec_path(info: ModelInfo) -> str | None:
-    """The path a model was generated from, as the generate config wrote it (default: its id)."""
-    if info.spec:
-        return info.spec.get("path") or info.spec.get("id")
-    return info.path
-
-
-def _same_model(a: str | None, b: str | None) -> bool:
-    if not a or not b:
-        return False
-    if a == b:
-        return True
-    pa, pb = Path(a).expanduser(), Path(b).expanduser()
-    return pa.is_dir() and pb.is_dir() and pa.resolve() == pb.resolve()
-
-
-def find_roles(data: ReportData, cfg: ReportConfig) -> tuple[str | None, dict[str, str | None], list[str]]:
-    """(base model id or None, model id -> "base" | "tuned" | None, notes on what could not be decided)."""
-    trained = [m for m, i in sorted(data.models.items()) if i.spec.get("path") == TRAINED]
-    notes: list[str] = []
-    if cfg.baseline is not None:
-        if cfg.baseline not in data.models:
-            raise UserError(f"the baseline model '{cfg.baseline}' is not among the reported models",
-                            field="report.baseline", hint=f"Use one of: {', '.join(sorted(data.models))}.")
-        base = cfg.baseline
-    else:
-        starts = {data.models[m].train_model for m in trained if data.models[m].train_model}
-        cands = [m for m, i in sorted(data.models.items())
-                 if m not in trained and any(_same_model(_spec_path(i), s) for s in starts)]
-        base = cands[0] if len(cands) == 1 else None
-        if len(cands) > 1:
-            notes.append(f"Several models were generated from the train config's base model ({', '.join(cands)}): "
-                         "nothing is compared. Set report.baseline to one of them.")
-        elif base is None:
-            notes.append("No base model found (the generate model whose path is the train config's `model`): "
-                         "nothing is compared. Set report.baseline to name one.")
-    tuned = [m for m in trained if m != base]
-    if base is not None and not tuned:
-        notes.append(f"No tuned model (generated with `path: trained`) to compare with the base {base}.")
-    roles = {m: "base" if m == base else "tuned" if m in tuned else None for m in data.models}
-    return base, roles, notes
 
 
 def _nll_block(e: dict | None) -> dict | None:
@@ -267,7 +222,9 @@ def _detail(ev: dict, none: str) -> str:
 def sentence(rec: dict, named: bool = False) -> str:
     """The one-line verdict of a verdict record (the only place sentences are made)."""
     sig, ev, v = rec["signal"], rec["evidence"], rec["verdict"]
-    head = rec.get("label", LABELS[sig]) + (f" ({rec['model']} vs {rec['baseline']})" if named else "")
+    pair = f"{rec['model']} vs {rec['baseline']}"
+    head = rec.get("label", LABELS[sig]) + (f" ({rec['step']}: {pair})" if "step" in rec else f" ({pair})" if named
+                                             else "")
     says = f"tuning {v}" if v in (HELPED, HURT) else v
     b, t = rec["base_value"], rec["tuned_value"]
     if sig in _SHARES:
@@ -354,10 +311,12 @@ def build_summary(data: ReportData, models: list[str], scores: dict[str, ModelSc
 
     ``judge_boot`` is the (bootstrap, seed) of the judge statistics (`bootstrap_params`); the NLL
     and share comparisons use the report config's."""
-    base, roles, notes = find_roles(data, cfg)
+    base, roles, notes, chain, pairs = find_lineage(data, cfg)
     names = labels(data.reference_nll_files)
-    shown = ([base] if base is not None and base not in models else []) + list(models)
-    order = sorted(shown, key=lambda m: {"base": 0, "tuned": 1}.get(roles.get(m), 2))  # stable: display order kept
+    shown = [m for m in chain if m not in models] + list(models)
+    rank = {m: i for i, m in enumerate(chain)}
+    # base (and the models between it and the tuned ones), tuned, the rest; stable: display order kept
+    order = sorted(shown, key=lambda m: rank.get(m, len(chain) + (roles.get(m) is None)))
     blocks = {}
     for m in order:
         s = scores.get(m)
@@ -369,18 +328,30 @@ def build_summary(data: ReportData, models: list[str], scores: dict[str, ModelSc
             "reference_nll_note": _nll_note(data, m),
             "health": health_signals(data.answers.get(m, {}), cfg.min_ja_ratio, cfg.max_repeat_ratio),
         }
-    tuned = [m for m in order if roles.get(m) == "tuned"]
+    pairs = [(b, t) for b, t in pairs if b in blocks and t in blocks]
+    lineage = len(chain) > 1
+    if not lineage:  # one step: the tuned models in display order
+        pairs.sort(key=lambda p: order.index(p[1]))
     verdicts: list[dict] = []
-    if base is not None:
-        for t in tuned:
-            recs, why = _verdicts(base, t, data, blocks, cfg, judge_boot, demo_judge, names)
-            verdicts += recs
-            notes += [n for n in why if n not in notes]
+    for b, t in pairs:
+        recs, why = _verdicts(b, t, data, blocks, cfg, judge_boot, demo_judge, names)
+        if lineage:
+            for r in recs:
+                r["step"] = step_name(roles, b, t)
+        verdicts += recs
+        notes += [n for n in why if n not in notes]
     for r in verdicts:
-        r["sentence"] = sentence(r, named=len(tuned) > 1)
-    return {"title": title, "demo_judge": demo_judge, "baseline": base, "models": blocks, "verdicts": verdicts,
-            "notes": notes, "labels": names, "definitions": definitions(cfg, data.reference_nll_files),
-            "min_paired": MIN_PAIRED, "reference_nll_files": data.reference_nll_files}
+        r["sentence"] = sentence(r, named=len(pairs) > 1)
+    out = {"title": title, "demo_judge": demo_judge, "baseline": base, "models": blocks, "verdicts": verdicts,
+           "notes": notes, "labels": names, "definitions": definitions(cfg, data.reference_nll_files),
+           "min_paired": MIN_PAIRED, "reference_nll_files": data.reference_nll_files}
+    if lineage:  # only then: a one-step report's summary.json stays as it was
+        out["lineage"] = [m for m in order if roles.get(m)]
+        out["steps"] = [{"step": step_name(roles, b, t), "baseline": b, "model": t} for b, t in pairs]
+    prefs = preference_blocks(data, order)
+    if prefs:  # likewise: only a report with a DPO model has the section
+        out["preference"] = prefs
+    return out
 
 
 def _vs(v: dict) -> str:
@@ -395,10 +366,13 @@ def _vs(v: dict) -> str:
 
 
 def signal_table(summary: dict) -> dict:
-    """The judge-free signals table (rows = signals, columns = models: base, tuned, others), as strings."""
+    """The judge-free signals table (rows = signals, columns = models: base, tuned, others), as strings;
+    a cell lists every comparison of its model (a DPO model's with the SFT model, then with the base)."""
     models = list(summary["models"])
     names = summary.get("labels") or LABELS
-    by = {(v["signal"], v["model"]): v for v in summary["verdicts"]}
+    by: dict[tuple[str, str], list[dict]] = defaultdict(list)  # a DPO model is compared with SFT and base
+    for v in summary["verdicts"]:
+        by[(v["signal"], v["model"])].append(v)
     rows = []
     for sig in ("reference_nll", *_SHOWN):
         cells = []
@@ -414,8 +388,8 @@ def signal_table(summary: dict) -> dict:
                 key, cnt, _ = _SHOWN[sig]
                 value = f"{100 * h[key]:.0f}%" if h else "n/a"
                 detail = f"{h['counts'][cnt]} of {h['counts']['turns']} turns" if h else "no health records"
-            v = by.get((sig, m))
-            cells.append({"value": value, "detail": detail, "vs": _vs(v) if v else None,
-                          "verdict": v["verdict"] if v else None})
+            cells.append({"value": value, "detail": detail,
+                          "comparisons": [{"vs": _vs(v), "verdict": v["verdict"]} for v in by.get((sig, m), [])]})
         rows.append({"signal": sig, "label": names[sig], "meaning": summary["definitions"][sig], "cells": cells})
-    return {"models": [{"id": m, "role": summary["models"][m]["role"]} for m in models], "rows": rows}
+    return {"models": [{"id": m, "role": summary["models"][m]["role"]} for m in models], "rows": rows,
+            "lineage": summary.get("lineage") or []}

@@ -12,6 +12,7 @@ import io
 import math
 
 from ja_instruct.report.html import fmt
+from ja_instruct.report.preference import preference_md
 from ja_instruct.report.stats import HEALTH_FLAGS, ModelScores, Pairwise
 
 
@@ -83,7 +84,8 @@ def _signals_md(ctx: dict) -> list[str]:
     header = ["signal"] + [m["id"] + (f" ({m['role']})" if m["role"] else "") for m in sig["models"]]
 
     def cell(c: dict) -> str:
-        return c["value"] + (f" ({c['detail']})" if c["detail"] else "") + (f"; {c['vs']}" if c["vs"] else "")
+        return c["value"] + (f" ({c['detail']})" if c["detail"] else "") + "".join(f"; {v['vs']}"
+                                                                                 for v in c["comparisons"])
 
     rows = [[r["label"]] + [cell(c) for c in r["cells"]] for r in sig["rows"]]
     out = ["## Judge-free signals", ""] + _md_table(header, rows) + [""]
@@ -122,10 +124,14 @@ ctx: dict, scores: dict[str, ModelScores], pairwise: Pairwise | None) -> str:
     """The verdicts, the judge-free signals and the judge's numbers as Markdown (scores, per category,
     pairwise ranking, judge errors, licences); the judge's tables lead only with a real judge."""
     out = [f"# {ctx['title']}", ""]
-    out += [f"- {v}" for v in ctx["verdicts"]] + [f"- Note: {n}" for n in ctx["notes"]]
-    out += [""] if ctx["verdicts"] or ctx["notes"] else []
+    for g in ctx["verdict_groups"]:  # a lineage (base -> SFT -> DPO): one block per step
+        out += [f"**{g['step']}** ({g['baseline']} -> {g['model']}):", ""] + [f"- {v}" for v in g["sentences"]] + [""]
+    out += [] if ctx["verdict_groups"] else [f"- {v}" for v in ctx["verdicts"]]
+    out += [f"- Note: {n}" for n in ctx["notes"]]
+    out += [""] if (ctx["verdicts"] and not ctx["verdict_groups"]) or ctx["notes"] else []
     if ctx["demo_judge"]:
         out += _signals_md(ctx)
+    out += preference_md(ctx["preference"])
     if ctx["demo_judge"]:
         out += [f"> **DEMO JUDGE: not a real evaluation.** Scores come from {ctx['demo_reason']}.", ""]
     out += [f"Judge: {', '.join(ctx['judges'])} · prompt: {', '.join(ctx['prompts'])} · "

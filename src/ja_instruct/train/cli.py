@@ -19,9 +19,11 @@ from ja_instruct.train.config import TrainConfig
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` command."""
     p = subparsers.add_parser(
-        "train", help="supervised fine-tuning with PyTorch FSDP2 (one process or under torchrun)",
+        "train", help="SFT, or DPO after it, with PyTorch FSDP2 (one process or under torchrun)",
         description="Train the recipe's 'train' section on the dataset built by `ja-instruct data build` "
-                    "(built or brought up to date first from the recipe's data section). Writes "
+                    "(built or brought up to date first from the recipe's data section); with `method: dpo`, "
+                    "on the preference pairs of `ja-instruct pairs` (made or brought up to date first from the "
+                    "recipe's pairs section) or of train.dpo.pairs. Writes "
                     "<out>/final (the exported HF model), checkpoints/<run>/, metrics.jsonl, tensorboard/ "
                     "and manifest.json (last). Nothing is done when final/ is up to date for this config, "
                     "dataset and base model; a killed run resumes from its latest checkpoint; a changed "

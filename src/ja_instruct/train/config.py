@@ -50,8 +50,58 @@ class GenerationDefaults(StrictModel):
     """Repetition penalty (1.0 = off)."""
 
 
+class DpoConfig(StrictModel):
+    """Direct Preference Optimisation after SFT (``train.method: dpo``), in the same FSDP2 loop.
+
+    Each (chosen, rejected) pair is two packed examples of one row (or two padded rows);
+    the loss uses their summed answer log-probabilities under the policy and under the
+    reference model (the model the run starts from: the SFT model, or with LoRA the
+    adapter-free model), which are computed once before step 1 and cached beside the pairs.
+    """
+
+    pairs: str | None = None
+    """Preference pairs: a folder written by ``ja-instruct pairs``, a JSONL file (``prompt``,
+    ``chosen``, ``rejected``; or the UltraFeedback / HH-RLHF layouts) or an HF dataset folder;
+    default: the recipe's pairs stage folder, built or brought up to date first from its
+    ``pairs`` section. A path given here is not rebuilt; the reference log-probabilities are
+    cached beside it (``<pairs>/reference/``, ``<file>.reference/``; the train folder when that
+    cannot be written)."""
+    beta: float = Field(0.1, gt=0)
+    """DPO's beta: the strength of the KL penalty towards the reference (TRL's default 0.1;
+    llm-jp's 13B DPO used 0.5). For ``loss: ipo`` it is IPO's tau."""
+    loss: Literal["sigmoid", "ipo"] = "sigmoid"
+    """``sigmoid``: DPO, -log sigmoid(beta x margin); ``ipo``: IPO, (margin / tokens - 1/(2 beta))^2
+    on answer log-ratios averaged per token (TRL's ``ipo``)."""
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    """Conservative DPO: the share of pairs assumed mislabelled; the sigmoid loss becomes
+    -(1-e) log sigmoid(beta x) - e log sigmoid(-beta x). 0: plain DPO."""
+    sft_weight: float = Field(0.0, ge=0)
+    """Weight of an SFT term, the mean NLL per token of the chosen answers, added to the loss
+    (RPO; TRL's ``loss_type: [sigmoid, sft]`` with ``loss_weights: [1, w]``). 0: none."""
+    share_prompt: bool = True
+    """With packing, put each pair's prompt in its row once: ``prompt | chosen | rejected``, the
+    rejected answer masked from the chosen one, both answers' positions following the prompt.
+    Each answer sees exactly what it sees in its own sequence (checked on the model at start-up),
+    and the prompt is computed once instead of twice. A row then holds one pair: a mask layout
+    computes a row's whole L x L attention scores, so pairs side by side would only add masked-out
+    work. Needs a mask layout (sdpa, eager, flex; not flash-attention's varlen kernels, nor
+    sliding-window layers), else it is off: false packs the two examples whole, side by side,
+    several pairs per row."""
+    eval_every: int = Field(0, ge=0)
+    """Measure the held-out pairs (preference accuracy, reward margin) every N steps; 0: before
+    step 1 and after the last step only. Needs held-out pairs (``pairs.heldout_fraction``)."""
+
+
 class TrainConfig(StrictModel):
-    """The 'train' section of a recipe: supervised fine-tuning with PyTorch FSDP2."""
+    """The 'train' section of a recipe: supervised fine-tuning (or DPO after it) with PyTorch FSDP2."""
+
+    method: Literal["sft", "dpo"] = "sft"
+    """``sft``: supervised fine-tuning on the data stage's conversations; ``dpo``: preference
+    tuning on (chosen, rejected) pairs (the ``dpo`` section) of the model in ``model``, usually
+    an SFT model. The batch, schedule, packing, LoRA, checkpoint and export settings mean the
+    same; with ``batch_unit: examples`` a global batch counts pairs."""
+    dpo: DpoConfig | None = None
+    """DPO settings (``method: dpo``; default values when left out)."""
 
     model: str
     """Base model: a HF model directory, a hub id (``pfnet/plamo-13b``) or
@@ -172,6 +222,19 @@ class TrainConfig(StrictModel):
                              f"micro_batch_size x grad_accum = {self.micro_batch_size * self.grad_accum}")
         return self
 
+    @model_validator(mode="after")
+    def _dpo_section(self) -> "TrainConfig":
+        if self.method == "sft" and self.dpo is not None:
+            raise ValueError("the dpo section is set but method is sft: set method: dpo, or remove the dpo section")
+        if self.method == "dpo" and self.dpo is None:
+            self.dpo = DpoConfig()
+        if self.dpo is not None and self.dpo.loss == "ipo" and self.dpo.label_smoothing:
+            raise ValueError("dpo.label_smoothing applies to the sigmoid loss only: leave it out with loss: ipo")
+        if self.method == "dpo" and self.overlong == "truncate":
+            raise ValueError("overlong: truncate does not apply to DPO, which compares whole answers (a pair that "
+                             "does not fit is dropped and counted): leave overlong out")
+        return self
+
     @model_serializer(mode="wrap")
     def _omit_default_unit(self, handler):
         # The default unit is what global_batch_size meant before batch_unit existed: leaving it
@@ -180,4 +243,7 @@ class TrainConfig(StrictModel):
         data = handler(self)
         if isinstance(data, dict) and self.batch_unit == "rows":
             data.pop("batch_unit", None)
+        if isinstance(data, dict) and self.method == "sft":  # likewise for SFT runs made before DPO existed
+            data.pop("method", None)
+            data.pop("dpo", None)
         return data

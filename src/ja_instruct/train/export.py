@@ -240,7 +240,7 @@ def front_matter(cfg: TrainConfig, hub_id: str | None, licence: str | None) -> s
 
     data = ModelCardData(library_name="transformers", base_model=hub_id, license=licence or "other",
                          license_name=None if licence else "unknown", language=["ja"],
-                         tags=["ja-instruct", "sft"] + (["lora"] if cfg.lora.enabled else []))
+                         tags=["ja-instruct", cfg.method] + (["lora"] if cfg.lora.enabled else []))
     return f"---\n{data.to_yaml()}\n---"
 
 
@@ -306,7 +306,18 @@ def model_card(cfg: TrainConfig, card: dict) -> str:
     stats = card.get("stats", {})
     hub_id, licence = base_model_origin(cfg.model, card.get("model_path"))
     base = f"`{hub_id}`" + (f" (recipe: `{cfg.model}`)" if hub_id != cfg.model else "") if hub_id else f"`{cfg.model}`"
-    lines = [
+    if cfg.method == "dpo":
+        from ja_instruct.train.dpo_card import dpo_sections
+
+        head = [front_matter(cfg, hub_id, licence), "", f"# {card.get('name', 'ja-instruct model')}", "",
+                f"DPO preference tune of {base}, licence {licence or 'unknown (check the starting model)'}, made with "
+                f"ja-instruct ({'LoRA, exported ' + cfg.lora.export if cfg.lora.enabled else 'full fine-tuning'}).",
+                f"Prompt format: `{cfg.template}` (installed as the tokenizer's chat template).", "",
+                *dpo_sections(cfg, card)]
+    lines = head + [
+        *training_length(cfg, {"steps": card.get("steps"), **(card.get("trained") or {})}),
+        "## Hyper-parameters", "", "| key | value |", "|---|---|",
+    ] if cfg.method == "dpo" else [
         front_matter(cfg, hub_id, licence),
         "",
         f"# {card.get('name', 'ja-instruct model')}",
@@ -344,6 +355,10 @@ def model_card(cfg: TrainConfig, card: dict) -> str:
         "precision": card.get("dtype"), "seed": card.get("seed"), "examples": card.get("examples"),
         "supervised tokens per epoch": card.get("supervised_tokens"),
     }
+    if cfg.method == "dpo":
+        hp = {k: v for k, v in hp.items() if k not in ("examples", "supervised tokens per epoch")}
+        hp.update({"pairs": card.get("examples"), "dpo beta": cfg.dpo.beta, "dpo loss": cfg.dpo.loss,
+                   "label smoothing": cfg.dpo.label_smoothing, "sft weight": cfg.dpo.sft_weight})
     if cfg.lora.enabled:
         hp.update({"lora r": cfg.lora.r, "lora alpha": cfg.lora.alpha, "lora dropout": cfg.lora.dropout,
                    "lora targets": cfg.lora.target_modules})

@@ -47,6 +47,11 @@ def hashed_config(cfg: TrainConfig, seed: int) -> dict:
     (``train.seed``, else the recipe's): the config of the train manifest."""
     out = cfg.model_dump(mode="json", exclude=set(NOT_HASHED))
     out["seed"] = seed
+    # DPO: the pairs' location (their identity is the `pairs` input), when held-out pairs are
+    # measured, and whether prompts are shared in rows (the same answers' log-probabilities,
+    # computed another way) cannot change the weights: changing them resumes the run.
+    for key in ("pairs", "eval_every", "share_prompt"):
+        (out.get("dpo") or {}).pop(key, None)
     return out
 
 
@@ -121,8 +126,13 @@ def base_model_fingerprint(model: str, resolved: str) -> str:
     return stable_hash({"hub": model, "commit": _hub_commit(model)})
 
 
-def train_inputs(dataset_dir: Path, model: str, resolved: str) -> dict[str, str]:
-    """The inputs of the train manifest: ``{"data": ..., "base_model": ...}``."""
+def train_inputs(dataset_dir: Path, model: str, resolved: str, method: str = "sft") -> dict[str, str]:
+    """The inputs of the train manifest: ``{"data": ..., "base_model": ...}``; with DPO
+    ``{"pairs": ..., "base_model": ...}`` (``dataset_dir`` is then the pairs' path)."""
+    if method == "dpo":
+        from ja_instruct.pairs.records import load_pairs
+
+        return {"pairs": load_pairs(dataset_dir).fingerprint, "base_model": base_model_fingerprint(model, resolved)}
     return {"data": data_fingerprint(dataset_dir), "base_model": base_model_fingerprint(model, resolved)}
 
 
@@ -172,12 +182,24 @@ def find_trained_model(recipe) -> tuple[Path, str]:
     if config_hash(hashed) != m.config_hash:
         raise UserError(f"the trained model in {final} was made with another train section "
                         f"({describe_changes(m.config, hashed)})", field="generate.models", hint=stale)
-    dataset_dir = recipe_dataset_dir(recipe)
-    # A dataset deleted after training changes nothing about the model: check only what exists.
-    if (read_manifest(dataset_dir, "data") is not None or is_dataset_dir(dataset_dir)) \
-            and data_fingerprint(dataset_dir) != m.inputs.get("data"):
-        raise UserError(f"the dataset {dataset_dir} changed since the model in {final} was trained",
-                        field="generate.models", hint=stale)
+    if cfg.method == "dpo":
+        from ja_instruct.pairs.records import PAIRS_FILE, is_pairs_dir, load_pairs
+
+        pairs = Path(cfg.dpo.pairs) if cfg.dpo.pairs else recipe.stage_dir("pairs")
+        # Pairs deleted after training change nothing about the model: check only what exists.
+        # A pairs folder without its manifest is being remade, so the pairs are changing.
+        exists = pairs.is_file() or (pairs / PAIRS_FILE).is_file()
+        now = load_pairs(pairs).fingerprint if pairs.is_file() or is_pairs_dir(pairs) else None
+        if exists and now != m.inputs.get("pairs"):
+            raise UserError(f"the preference pairs {pairs} changed since the model in {final} was trained",
+                            field="generate.models", hint=stale)
+    else:
+        dataset_dir = recipe_dataset_dir(recipe)
+        # A dataset deleted after training changes nothing about the model: check only what exists.
+        if (read_manifest(dataset_dir, "data") is not None or is_dataset_dir(dataset_dir)) \
+                and data_fingerprint(dataset_dir) != m.inputs.get("data"):
+            raise UserError(f"the dataset {dataset_dir} changed since the model in {final} was trained",
+                            field="generate.models", hint=stale)
     base = _base_model_now(cfg.model)
     if base is not None and base != m.inputs.get("base_model"):
         raise UserError(f"the base model '{cfg.model}' changed since the model in {final} was trained",

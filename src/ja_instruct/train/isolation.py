@@ -93,23 +93,30 @@ class AttentionLayout:
             inputs["max_length_q"], inputs["max_length_k"] = int(batch["max_length_q"]), int(batch["max_length_k"])
             return inputs
         seg = batch["segment_ids"].to(device)
+        branch = batch["branch_ids"].to(device) if "branch_ids" in batch else None
+        if branch is not None and (self.window is not None or self.kind not in ("mask", "float_mask", "flex")):
+            raise ValueError(f"branch_ids (a shared prompt) need a full-attention mask layout, not {self.kind}")
         if self.mixed:  # models with both kinds of layers take a mask per layer type
             inputs["attention_mask"] = {"full_attention": self._mask(seg, None),
                                         "sliding_attention": self._mask(seg, self.window)}
         else:
-            inputs["attention_mask"] = self._mask(seg, self.window)
+            inputs["attention_mask"] = self._mask(seg, self.window, branch)
         return inputs
 
-    def _mask(self, seg: torch.Tensor, window: int | None):
+    def _mask(self, seg: torch.Tensor, window: int | None, branch: torch.Tensor | None = None):
         """Block-causal mask of segment ids ``seg`` (B x L): q may see kv when both lie in the
-        same segment, kv <= q and, with a window, q - kv < window (transformers' convention)."""
+        same segment, kv <= q and, with a window, q - kv < window (transformers' convention).
+        With ``branch`` ids (DPO's shared prompt: 0 the shared prefix, 1 and 2 the two answers
+        that follow it), q also needs kv on the shared prefix or on its own branch."""
         if self.kind == "flex":
-            return _block_mask(seg, window)
+            return _block_mask(seg, window, branch)
         idx = torch.arange(seg.shape[1], device=seg.device)
         allowed = idx[None, :] <= idx[:, None]
         if window is not None:
             allowed = allowed & (idx[:, None] - idx[None, :] < window)
         mask = (seg[:, :, None] == seg[:, None, :]) & allowed  # B x L x L
+        if branch is not None:
+            mask = mask & ((branch[:, None, :] == 0) | (branch[:, None, :] == branch[:, :, None]))
         mask = mask[:, None]
         if self.kind == "float_mask":
             return torch.zeros(mask.shape, dtype=self.dtype, device=seg.device).masked_fill_(
@@ -117,11 +124,13 @@ class AttentionLayout:
         return mask
 
 
-def _block_mask(seg: torch.Tensor, window: int | None):
+def _block_mask(seg: torch.Tensor, window: int | None, branch: torch.Tensor | None = None):
     from torch.nn.attention.flex_attention import create_block_mask
 
     def mask_mod(b, h, q, kv):
         ok = (seg[b, q] == seg[b, kv]) & (kv <= q)
+        if branch is not None:
+            ok = ok & ((branch[b, kv] == 0) | (branch[b, kv] == branch[b, q]))
         return ok & (q - kv < window) if window is not None else ok
 
     batch, length = seg.shape
@@ -208,7 +217,7 @@ def check_isolation(model: torch.nn.Module, layout: AttentionLayout, examples: l
                                 field="train.packing", hint=_HINT) from None
     finally:
         model.train(was_training)
-        _reshard(model)
+        reshard(model)
     diff = max((packed[r, s:s + n] - lone[i]).abs().max().item() for i, r, s, n in layout.spans(probe, rows))
     scale = max(t.abs().max().item() for t in lone)
     diff, scale = _max_over_ranks([diff, scale], device if distributed else None)
@@ -242,7 +251,7 @@ def _max_over_ranks(values: list[float], device: torch.device | None) -> list[fl
     return t.tolist()
 
 
-def _reshard(model: torch.nn.Module) -> None:
+def reshard(model: torch.nn.Module) -> None:
     """FSDP2 keeps a module gathered after a forward when it does not reshard after forward (the
     root) and no backward follows: shard it again before the optimiser sees the parameters."""
     from torch.distributed.fsdp import FSDPModule

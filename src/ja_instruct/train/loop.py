@@ -31,7 +31,7 @@ from ja_instruct.train.distributed import Dist
 from ja_instruct.train.isolation import AttentionLayout, attention_layout, check_isolation
 from ja_instruct.train.model import build_model, compute_dtype, is_fsdp
 from ja_instruct.train.optim import build_optimizer, cosine_schedule
-from ja_instruct.train.packing import IGNORE_INDEX, Example, build_rows, count_steps, make_sampler
+from ja_instruct.train.packing import IGNORE_INDEX, Example, build_rows, count_steps, make_sampler, pack_best_fit
 from ja_instruct.train.prepare import Prepared
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class Fitted:
     rows: int = 0
     seen: dict | None = None  # tokens and supervised tokens actually trained (over all ranks)
     per_step: dict | None = None  # `plan.per_step_facts` of the run's steps (rank 0 only)
+    dpo: dict | None = None  # DPO: settings, pairs, reference cache, held-out evaluations (rank 0 only)
 
 
 def fit(p: Prepared, out: Path, run_dir: Path, run: str, d: Dist, *,
@@ -60,11 +61,12 @@ def fit(p: Prepared, out: Path, run_dir: Path, run: str, d: Dist, *,
     a place for progress hooks, and for tests that kill the process at a given step.
     """
     cfg = p.cfg
-    # 1. Rows (packed examples) and the deterministic order of the whole run.
+    dpo = p.pairs is not None  # DPO: the sampler orders pairs; `dpo.expand_rows` makes their rows
+    # 1. Rows (packed examples, or pairs) and the deterministic order of the whole run.
     rows = p.rows or build_rows(p.examples, cfg.max_length, cfg.packing)
-    lengths = [len(e.input_ids) for e in p.examples]
+    lengths = p.unit_lengths
     sampler = make_sampler(rows, lengths, cfg.batch_unit, cfg.global_batch_size, cfg.micro_batch_size,
-                           d.world_size, d.rank, p.seed, max_length=cfg.max_length, packing=cfg.packing)
+                           d.world_size, d.rank, p.seed, max_length=cfg.max_length, packing=p.packs_units)
     total_steps = cfg.epochs * sampler.steps_per_epoch
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
@@ -77,8 +79,8 @@ def fit(p: Prepared, out: Path, run_dir: Path, run: str, d: Dist, *,
         planned = count_steps(sampler, range(total_steps))
         if cfg.batch_unit == "rows":
             n_tok = sum(lengths)
-            log.info("train: %d examples -> %d rows of <= %d tokens (%.1f%% padding); %d steps/epoch, %d steps",
-                     len(p.examples), len(rows), cfg.max_length, 100 * (1 - n_tok / (len(rows) * cfg.max_length))
+            log.info("train: %d %s -> %d rows of <= %d tokens (%.1f%% padding); %d steps/epoch, %d steps",
+                     len(lengths), "pairs" if dpo else "examples", len(rows), cfg.max_length, 100 * (1 - n_tok / (len(rows) * cfg.max_length))
                      if cfg.packing else float("nan"), sampler.steps_per_epoch, total_steps)
         else:  # packed per step: the rows of an epoch are those of its steps
             per_epoch = sampler.steps_per_epoch
@@ -86,10 +88,12 @@ def fit(p: Prepared, out: Path, run_dir: Path, run: str, d: Dist, *,
             epoch_rows = sum(first.rows[:per_epoch])
             how = (f"each packed on its own into rows of <= {cfg.max_length} tokens" if cfg.packing
                    else "one example per row")
-            log.info("train: %d examples; %d steps/epoch of about %d %s, %s (%d rows in epoch 1); %d steps",
-                     len(p.examples), per_epoch, cfg.global_batch_size, cfg.batch_unit, how, epoch_rows, total_steps)
+            log.info("train: %d %s; %d steps/epoch of about %d %s, %s (%d rows in epoch 1); %d steps",
+                     len(lengths), "pairs" if dpo else "examples", per_epoch, cfg.global_batch_size,
+                     "pairs" if dpo and cfg.batch_unit == "examples" else cfg.batch_unit, how, epoch_rows, total_steps)
         per_step = per_step_facts(cfg, planned)
-        log.info("train: per step %s", step_summary(cfg.batch_unit, cfg.global_batch_size, planned))
+        summary = step_summary(cfg.batch_unit, cfg.global_batch_size, planned)
+        log.info("train: per step %s", summary.replace("examples", "pairs") if dpo else summary)
         log.info("train: global batch = %s; %s on %s",
                  micro_batch_summary(cfg, planned, p.grad_accum, d.world_size, "rank(s)"),
                  str(dtype).replace("torch.", ""), d.device)
@@ -107,6 +111,14 @@ def fit(p: Prepared, out: Path, run_dir: Path, run: str, d: Dist, *,
     if cfg.packing:
         check_isolation(model, layout, p.examples, name=cfg.model, pad_id=p.pad_id, autocast=autocast,
                         device=d.device, distributed=d.enabled)
+    if dpo and p.pairs.shared is not None:  # DPO's shared prompts: proven on this model too
+        from ja_instruct.train.dpo import check_shared_prompt
+
+        check_shared_prompt(model, layout, p.pairs.examples, p.pairs.shared, name=cfg.model, pad_id=p.pad_id,
+                            autocast=autocast, d=d)
+    # DPO: the reference log-probabilities, from the model as loaded (before any checkpoint is
+    # resumed into it): cached beside the pairs, computed once.
+    ref = reference(p, model, layout, d, autocast, out) if dpo else None
     optimizer = build_optimizer(model, cfg, d.device)
     scheduler = cosine_schedule(optimizer, total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
     torch.manual_seed(p.seed + d.rank)  # per-rank dropout streams
@@ -130,13 +142,29 @@ def fit(p: Prepared, out: Path, run_dir: Path, run: str, d: Dist, *,
     # runs as one padding token without a label: under FSDP every forward/backward is a
     # collective, so every rank must run as many; it adds nothing to the loss or the gradients.
     empty = [Example([p.pad_id], [IGNORE_INDEX])]
+    evaluate = _heldout_eval(p, model, layout, d, autocast, ref) if dpo else None
+    if evaluate is not None and step == 0:
+        _log_eval(evaluate(), 0, run, metrics, tb, d)
     while step < total_steps:
-        mbs = sampler.micro_batch_rows(step)  # lists of rows of example indices
-        micro = [layout.collate(p.examples, mb, p.pad_id) if mb else layout.collate(empty, [[0]], p.pad_id)
-                 for mb in mbs]
-        tokens = sum(lengths[i] for mb in mbs for row in mb for i in row)
-        loss, grad_norm, n_sup, n_tok = train_step(model, optimizer, micro, tokens, layout, d,
-                                                   autocast=autocast, grad_clip=cfg.grad_clip)
+        mbs = sampler.micro_batch_rows(step)  # lists of rows of example (DPO: pair) indices
+        extra = {}
+        if dpo:
+            from ja_instruct.train.dpo import dpo_step, expand_rows, pair_batch
+
+            ex_rows = [expand_rows(mb, cfg.packing) for mb in mbs]
+            micro = [(pair_batch(p.examples, r, layout, p.pad_id, p.pairs.shared), r) if r
+                     else (layout.collate(empty, [[0]], p.pad_id), []) for r in ex_rows]
+            extra = dpo_step(model, optimizer, micro, p.examples, ref[0], layout, d, cfg.dpo, autocast=autocast,
+                             grad_clip=cfg.grad_clip)
+            loss, grad_norm, n_tok = extra.pop("loss"), extra.pop("grad_norm"), extra.pop("tokens")
+            n_sup = sum(sum(t != IGNORE_INDEX for t in p.examples[i].labels) for mb in ex_rows for r in mb for i in r)
+            n_sup = d.all_reduce_sum(torch.tensor([float(n_sup)], dtype=torch.float64)).item()
+        else:
+            micro = [layout.collate(p.examples, mb, p.pad_id) if mb else layout.collate(empty, [[0]], p.pad_id)
+                     for mb in mbs]
+            tokens = sum(lengths[i] for mb in mbs for row in mb for i in row)
+            loss, grad_norm, n_sup, n_tok = train_step(model, optimizer, micro, tokens, layout, d,
+                                                       autocast=autocast, grad_clip=cfg.grad_clip)
         lr = scheduler.get_last_lr()[0]  # the rate this step used
         scheduler.step()
         step += 1
@@ -149,14 +177,17 @@ def fit(p: Prepared, out: Path, run_dir: Path, run: str, d: Dist, *,
             t_last, tok_last = now, seen["tokens"]
             rec = {"step": step, "epoch": round(sampler.epoch_of(step), 4), "loss": loss, "lr": lr,
                    "tokens": seen["tokens"], "supervised_tokens": seen["supervised_tokens"],
-                   "tokens_per_s": round(tps, 1), "grad_norm": grad_norm, "run": run}
+                   "tokens_per_s": round(tps, 1), "grad_norm": grad_norm, **extra, "run": run}
             if step % cfg.log_every == 0 or step == total_steps:
                 metrics.append(rec)
                 if tb is not None:
-                    for key in ("loss", "lr", "tokens_per_s", "grad_norm"):
+                    for key in ("loss", "lr", "tokens_per_s", "grad_norm", *extra):
                         tb.add_scalar(f"train/{key}", rec[key], step)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:.0f}")
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:.0f}",
+                            **({"acc": f"{extra['rewards/accuracies']:.2f}"} if dpo else {}))
             bar.update(1)
+        if evaluate is not None and (step == total_steps or (cfg.dpo.eval_every and step % cfg.dpo.eval_every == 0)):
+            _log_eval(evaluate(), step, run, metrics, tb, d)
 
         if (cfg.save_every and step % cfg.save_every == 0) or step == total_steps:
             ckpt.save_checkpoint(run_dir, step, model, optimizer, scheduler,
@@ -168,8 +199,91 @@ def fit(p: Prepared, out: Path, run_dir: Path, run: str, d: Dist, *,
         metrics.close()
     if tb is not None:
         tb.close()
+    extra = _dpo_facts(p, out / "metrics.jsonl", run, ref) if dpo and d.is_main else None
     return Fitted(model=model, total_steps=total_steps, dtype=dtype, start_step=start_step,
-                  steps_per_epoch=sampler.steps_per_epoch, rows=epoch_rows, seen=dict(seen), per_step=per_step)
+                  steps_per_epoch=sampler.steps_per_epoch, rows=epoch_rows, seen=dict(seen), per_step=per_step,
+                  dpo=extra)
+
+
+def reference(p: Prepared, model, layout: AttentionLayout, d: Dist, autocast, out: Path):
+    """(train, held-out) reference log-probabilities of every example of the pairs: read from
+    the cache beside the pairs when it holds this key, else computed now (every rank) and
+    cached by rank 0. With LoRA the adapters are off while computing them."""
+    from ja_instruct.train.dpo import all_logps, expand_rows, reference_context
+    from ja_instruct.train.dpo_data import ReferenceCache, scored_hash
+    from ja_instruct.train.identity import base_model_fingerprint
+
+    cfg = p.cfg
+    # The key: what is scored (every token and label of every pair, as this run tokenised and
+    # kept them, and the shared prompt lengths), by which model, computed how.
+    inputs = {"model": base_model_fingerprint(cfg.model, p.model_path), "scored": scored_hash(p.pairs),
+              "template": cfg.template, "max_length": cfg.max_length, "packing": cfg.packing,
+              "dtype": str(compute_dtype(cfg, d.device)), "attention": layout.kind,
+              "attn_implementation": layout.attn_implementation, "shared_prompt": p.pairs.shared is not None,
+              "max_position_embeddings": cfg.max_position_embeddings, "trust_remote_code": cfg.trust_remote_code}
+    cache = ReferenceCache(p.pairs, inputs, out)
+    got = cache.load()
+    if got is not None:
+        if d.is_main:
+            log.info("dpo: reference log-probabilities read from %s", cache.where)
+        p.pairs.meta["reference"] = {"cache": str(cache.where), "reused": True}
+        return got
+    units = pack_best_fit(p.unit_lengths, cfg.max_length) if p.packs_units else [[i] for i in range(len(p.unit_lengths))]
+    with reference_context(model):
+        train, _ = all_logps(model, p.examples, expand_rows(units, cfg.packing), layout, d, p.pad_id,
+                             cfg.micro_batch_size, autocast=autocast, desc="reference log-probs",
+                             shared=p.pairs.shared)
+        held = (all_logps(model, p.pairs.heldout, p.pairs.heldout_rows(cfg.max_length, cfg.packing, p.packs_units), layout, d,
+                          p.pad_id, cfg.micro_batch_size, autocast=autocast, shared=p.pairs.heldout_shared)[0]
+                if p.pairs.heldout else torch.zeros(0, dtype=torch.float64))
+    if d.is_main:
+        where = cache.save(train, held)
+        log.info("dpo: reference log-probabilities of %d pairs (+%d held out) computed and cached in %s",
+                 len(p.pairs.ids), len(p.pairs.heldout_ids), where)
+        p.pairs.meta["reference"] = {"cache": str(where), "reused": False}
+    d.barrier()
+    return train, held
+
+
+def _heldout_eval(p: Prepared, model, layout: AttentionLayout, d: Dist, autocast, ref):
+    """A function measuring the held-out pairs now (None when there are none)."""
+    from ja_instruct.train.dpo import evaluate_pairs
+
+    if not p.pairs.heldout_ids:
+        return None
+    rows = p.pairs.heldout_rows(p.cfg.max_length, p.cfg.packing, p.packs_units)
+    return lambda: evaluate_pairs(model, p.pairs.heldout, rows, ref[1], layout, d, p.pad_id,
+                                  p.cfg.micro_batch_size, p.cfg.dpo, autocast=autocast, shared=p.pairs.heldout_shared)
+
+
+def _log_eval(result: dict, step: int, run: str, metrics, tb, d: Dist) -> None:
+    if not d.is_main:
+        return
+    if step == 0 and any(r.get("eval") and r.get("step") == 0 and r.get("run") == run
+                         for r in read_jsonl_store(metrics.path)):
+        return  # a restart before the first checkpoint: step 0 was measured (and kept) already
+    log.info("dpo: step %d: held-out preference accuracy %.3f, reward margin %.4f, loss %.4f (%d pairs)",
+             step, result["accuracy"], result["margin"], result["loss"], result["pairs"])
+    metrics.append({"step": step, "eval": True, **{f"eval/{k}": v for k, v in result.items()}, "run": run})
+    if tb is not None:
+        for key in ("accuracy", "margin", "loss"):
+            tb.add_scalar(f"eval/{key}", result[key], step)
+
+
+def _dpo_facts(p: Prepared, metrics_path: Path, run: str, ref) -> dict:
+    """What the manifest and the model card say about a DPO run (rank 0), from its metrics."""
+    cfg = p.cfg.dpo
+    recs = [r for r in read_jsonl_store(metrics_path) if r.get("run") == run]
+    evals = [{"step": r["step"], **{k[5:]: r[k] for k in r if k.startswith("eval/")}} for r in recs if r.get("eval")]
+    steps = [r for r in recs if not r.get("eval")]
+    tail = steps[-max(1, len(steps) // 10):]
+    keys = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+    last = {k: sum(r[k] for r in tail) / len(tail) for k in keys} if tail else {}
+    return {"beta": cfg.beta, "loss": cfg.loss, "label_smoothing": cfg.label_smoothing, "sft_weight": cfg.sft_weight,
+            "pairs": {"train": len(p.pairs.ids), "heldout": len(p.pairs.heldout_ids), "path": str(p.pairs.path),
+                      "fingerprint": p.pairs.fingerprint, "stats": p.pairs.stats,
+                      "meta": {k: v for k, v in p.pairs.meta.items() if k != "reference"}},
+            "reference": p.pairs.meta.get("reference", {}), "eval": evals, "train_last": last}
 
 
 def train_step(model: torch.nn.Module, optimizer, micro: list[dict], tokens: float, layout: AttentionLayout,

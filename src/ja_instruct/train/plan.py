@@ -208,6 +208,12 @@ def read_data(recipe, cfg: TrainConfig, opts: PlanOptions) -> Data:
     then the rows they pack into (`packing.pack_best_fit`, as training packs them)."""
     from ja_instruct.train.identity import is_dataset_dir, recipe_dataset_dir
 
+    if cfg.method == "dpo":
+        data = _pack(_pairs(recipe, cfg, opts), cfg)
+        if cfg.packing and cfg.dpo.share_prompt and _can_share(cfg):
+            data.rows = [[i] for i in range(len(data.lengths))]  # shared prompts: one pair per row
+            data.row_tokens = list(data.lengths)
+        return data
     path = recipe_dataset_dir(recipe)
     built = is_dataset_dir(path)
     if built and opts.examples is None and opts.mean_tokens is None:
@@ -241,6 +247,46 @@ def _tokenised(cfg: TrainConfig, path: Path) -> Data:
     dropped = sum(v for k, v in stats.items() if k.startswith("dropped_"))
     return Data([len(x) for x in ds["input_ids"]], [], f"read from {path}: "
                 f"{describe_token_stats(stats, cfg.max_length, cfg.overlong)}", dropped, stats.get("truncated", 0))
+
+
+def _pairs(recipe, cfg: TrainConfig, opts: PlanOptions) -> Data:
+    """DPO: pair lengths (both answers, as training packs them) from the pairs when they exist,
+    else the assumption of ``--examples`` pairs of two examples of ``--mean-tokens`` each."""
+    path = Path(cfg.dpo.pairs) if cfg.dpo.pairs else recipe.stage_dir("pairs")
+    if path.exists() and opts.examples is None and opts.mean_tokens is None:
+        try:
+            from ja_instruct.data.templates import get_template
+            from ja_instruct.models import load_tokenizer, resolve_model
+            from ja_instruct.train.dpo_data import describe_pair_stats, prepare_pairs
+
+            tok = load_tokenizer(resolve_model(cfg.model), trust_remote_code=cfg.trust_remote_code)
+            share = cfg.dpo.share_prompt and _can_share(cfg)
+            pd = prepare_pairs(path, tok, get_template(cfg.template, tok), cfg.max_length, cfg.packing, share)
+            return Data(pd.unit_lengths, [], f"read from {path}: " + describe_pair_stats(
+                pd.stats, pd.stats["heldout"], cfg.max_length, cfg.packing), pd.stats["dropped_overlong"], 0)
+        except UserError as e:
+            why = f"{path} cannot be read here: {e.message}"
+    else:
+        why = "--examples/--mean-tokens given" if path.exists() else f"the pairs {path} do not exist yet"
+    n, mean = opts.examples or DEFAULT_EXAMPLES, opts.mean_tokens or DEFAULT_MEAN_TOKENS
+    lengths, dropped, _ = assumed_lengths(n, 2 * mean, cfg.max_length, "drop")
+    src = (f"ASSUMED ({why}): {n:,} pairs of two answers of {mean:g} tokens on average each (log-normal, sigma "
+           f"{ASSUMED_SIGMA}); give --examples (pairs)/--mean-tokens, or make the pairs first")
+    return Data(lengths, [], src, dropped, 0)
+
+
+def _can_share(cfg: TrainConfig) -> bool:
+    """`prepare.can_share_prompt` on the model's config (no weights)."""
+    from transformers import AutoConfig
+
+    from ja_instruct.models import resolve_model
+    from ja_instruct.train.prepare import can_share_prompt
+
+    try:
+        mconf = AutoConfig.from_pretrained(resolve_model(cfg.model), trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError, UserError):
+        return "flash" not in str(cfg.attn_implementation or "")
+    return can_share_prompt(cfg, mconf)
 
 
 def _pack(data: Data, cfg: TrainConfig) -> Data:

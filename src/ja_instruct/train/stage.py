@@ -51,7 +51,7 @@ def run_training(recipe, out_dir: str | Path | None = None, *, restart: bool = F
     out = Path(out_dir) if out_dir is not None else recipe.layout.train
     d = setup_distributed()
     try:
-        dataset_dir = _ensure_dataset(recipe, cfg, d)
+        dataset_dir = _ensure_pairs(recipe, cfg, d) if cfg.method == "dpo" else _ensure_dataset(recipe, cfg, d)
         if out_dir is not None and d.is_main:
             # Registered before training: a retrain into X that is killed must make `path: trained`
             # fail on X, not fall back to an older model in the default folder.
@@ -61,6 +61,33 @@ def run_training(recipe, out_dir: str | Path | None = None, *, restart: bool = F
         return out / m.outputs.get("final", FINAL)
     finally:
         teardown_distributed(d)
+
+
+def _ensure_pairs(recipe, cfg: TrainConfig, d: Dist) -> Path:
+    """DPO: the pairs to train on. ``train.dpo.pairs`` is the user's and only read; else the
+    recipe's pairs stage folder, brought up to date first from its ``pairs`` section (the
+    stage does nothing when it is current)."""
+    from ja_instruct.pairs.records import is_pairs_dir
+
+    if cfg.dpo.pairs:
+        path = Path(cfg.dpo.pairs)
+        if not path.exists():
+            raise UserError(f"preference pairs {path} do not exist", field="train.dpo.pairs",
+                            hint="Run `ja-instruct pairs RECIPE`, or point train.dpo.pairs at a pairs JSONL file.")
+        return path
+    path = recipe.stage_dir("pairs")
+    if recipe.pairs is None:
+        if not is_pairs_dir(path):
+            raise UserError("train.method is dpo but the recipe has no pairs section and train.dpo.pairs is not set",
+                            field="train.dpo.pairs",
+                            hint="Add a pairs section (`ja-instruct pairs --help`) or set train.dpo.pairs.")
+        return path
+    if d.is_main:  # one process brings them up to date; under torchrun only when nothing is to do
+        from ja_instruct.pairs.run import run_pairs
+
+        run_pairs(recipe, check_only=d.world_size > 1)
+    d.barrier()
+    return path
 
 
 def _ensure_dataset(recipe, cfg: TrainConfig, d: Dist) -> Path:
@@ -116,7 +143,7 @@ def _train(cfg: TrainConfig, dataset_dir: Path, out: Path, seed: int, run_name: 
     resolve_grad_accum(cfg, d.world_size)
     model_path = d.main_first(lambda: resolve_model(cfg.model))  # rank 0 converts an embedded model once
     hashed = hashed_config(cfg, seed)
-    inputs = train_inputs(dataset_dir, cfg.model, model_path)
+    inputs = train_inputs(dataset_dir, cfg.model, model_path, cfg.method)
     final = out / FINAL
     old = read_manifest(out, STAGE)
     want = make_manifest(STAGE, hashed, inputs)
@@ -154,20 +181,22 @@ def _train(cfg: TrainConfig, dataset_dir: Path, out: Path, seed: int, run_name: 
     dtype = str(fitted.dtype).replace("torch.", "")
     # `tokens.kept` counts truncated examples too: `examples` spells the split out with reasons
     counts = example_counts(p.token_stats, cfg.max_length, cfg.overlong)
-    details = {"run": run, "steps": fitted.total_steps, "world_size": d.world_size, "dtype": dtype,
+    details = {"method": cfg.method, "run": run, "steps": fitted.total_steps, "world_size": d.world_size, "dtype": dtype,
                "examples": len(p.examples), "tokens": p.token_stats,
                "tokenise": {**counts, "overlong": cfg.overlong, "max_length": cfg.max_length,
                             "summary": p.token_summary},
                "base_model": cfg.model, "dataset_dir": str(dataset_dir)}
+    if fitted.dpo is not None:
+        details["dpo"] = fitted.dpo
     manifest = make_manifest(STAGE, hashed, inputs, outputs={"final": FINAL}, details=details)
     card = {"name": run_name, "stats": p.dataset_stats, "steps": fitted.total_steps, "grad_accum": p.grad_accum,
-            "world_size": d.world_size, "dtype": dtype, "seed": seed, "examples": len(p.examples),
+            "world_size": d.world_size, "dtype": dtype, "seed": seed, "examples": len(p.unit_lengths),
             "supervised_tokens": p.token_stats.get("supervised_tokens"), "tokenise": counts,
             "trained": {"steps": fitted.total_steps, "steps_per_epoch": fitted.steps_per_epoch, "rows": fitted.rows,
-                        "examples": len(p.examples), "tokens": (fitted.seen or {}).get("tokens"),
+                        "examples": len(p.unit_lengths), "tokens": (fitted.seen or {}).get("tokens"),
                         "supervised_tokens": (fitted.seen or {}).get("supervised_tokens"),
                         "per_step": fitted.per_step},
-            "model_path": p.model_path}
+            "model_path": p.model_path, "method": cfg.method, "dpo": fitted.dpo}
     export_final(fitted.model, cfg, p.model_path, p.tokenizer, cfg.template, out, d, card, manifest.fingerprint)
     if d.is_main:
         removed = ckpt.prune_other_runs(run_dir.parent, keep=run)
