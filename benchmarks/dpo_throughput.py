@@ -403,7 +403,8 @@ def worker_trl(work: Path, cfg: dict, tuned: bool) -> dict:
            "last_loss": losses[-1], "base_rss": base, "peak_rss": peak_rss(), "steady_rss": steady.peak,
            "final": str(work / name / "final"), "bf16": args.bf16,
            "gradient_checkpointing": args.gradient_checkpointing, "micro_batch": micro,
-           "ref_model": trainer.ref_model is not None, "ids": ids, "padding_share": 1 - real / computed, "checkpoints": checkpoints,
+           "ref_model": trainer.ref_model is not None, "ids": ids, "padding_share": 1 - real / computed,
+           "checkpoints": checkpoints,
            "steps_window": {**(clock.window or {}), "pairs": (steps - 1) * cfg["batch"]},
            "save_cpu_s": clock.save_cpu, "save_wall_s": clock.save_wall}
     (work / f"{name}.rank0.json").write_text(json.dumps(out))
@@ -542,7 +543,8 @@ def compare(table: dict) -> tuple[dict, list[str]]:
         met = v["cpu_ratio"] >= 1.5 and v["loss_agrees_2pct"]
         met_steps = v["steps_cpu_ratio"] is not None and v["steps_cpu_ratio"] >= 1.5 and v["loss_agrees_2pct"]
         verdict["target_throughput_met"], verdict["target_throughput_met_steps"] = met, met_steps
-        lines.append(f"target >= 1.5x TRL tuned at equal loss (+-2%, held-out loss {100 * v['heldout_loss_rel_diff']:+.2f}%): "
+        lines.append(f"target >= 1.5x TRL tuned at equal loss (+-2%, held-out loss "
+                     f"{100 * v['heldout_loss_rel_diff']:+.2f}%): "
                      f"whole run {MET[met]} ({v['cpu_ratio']:.2f}x per CPU-second); training steps alone "
                      f"{MET[met_steps]} ({_f(v['steps_cpu_ratio'], '.2f')}x per CPU-second)")
     return verdict, lines
@@ -589,10 +591,11 @@ def fsdp_verdict(o: dict | None, fsdp: dict | None, title: str) -> tuple[dict | 
              f"{ratio_state:.3f}x ({MET[ratio_state <= 0.55]})",
              f"  steady-state RSS net of imports (state + activations + the rest): {mib(steady)} MiB vs "
              f"{one['steady_rss_net_mib']:.0f} MiB = {ratio_steady:.3f}x ({MET[ratio_steady <= 0.55]}); "
-             f"model state is {pct([one['model_state_share']])} of it in one process, {pct(v['model_state_share_per_rank'])} "
-             f"per rank",
+             f"model state is {pct([one['model_state_share']])} of it in one process, "
+             f"{pct(v['model_state_share_per_rank'])} per rank",
              f"  whole-run peak RSS net of imports: {v['ratio_peak_rss']:.3f}x; last-step loss {v['last_loss']:.4f} "
-             f"(one process {o['last_loss']:.4f})" + (f", held-out loss {v['heldout']['loss']:.4f}" if v["heldout"] else ""),
+             f"(one process {o['last_loss']:.4f})"
+             + (f", held-out loss {v['heldout']['loss']:.4f}" if v["heldout"] else ""),
              f"  {v['pairs_per_cpu_s']:.3f} pairs/CPU-s whole run, {_f(v['steps_pairs_per_cpu_s'])} steps alone "
              f"(both ranks' CPU)"]
     return v, lines
@@ -762,7 +765,8 @@ def memory_bench(spec: dict, work: Path) -> tuple[dict, dict, dict, list[str]]:
     per_pair = [len(ex[k].input_ids) + len(ex[k + 1].input_ids) for k in range(0, len(ex), 2)]
     setup = {"model": {**spec["model"], "vocab_size": len(tok), "parameters": n_params}, "pairs": MEM_PAIRS,
              "pairs_per_step": MEM_BATCH, "micro_batch_pairs": 1, "steps": steps, "activation_checkpointing": True,
-             "dtype": "fp32", "tokens_per_pair_max": max(per_pair), "tokens_per_pair_mean": sum(per_pair) / len(per_pair)}
+             "dtype": "fp32", "tokens_per_pair_max": max(per_pair),
+             "tokens_per_pair_mean": sum(per_pair) / len(per_pair)}
     print(f"\nmemory, model-state configuration: Llama {n_params / 1e6:.1f}M parameters "
           f"({spec['model']['hidden_size']} hidden, {spec['model']['num_hidden_layers']} layers, vocab {len(tok)}); "
           f"{MEM_PAIRS} pairs of <= {max(per_pair)} tokens (chosen + rejected sequences); activation checkpointing; "

@@ -85,3 +85,20 @@ def write_pairs(path: Path, rows: list[dict]) -> Path:
 
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def torchrun_train(recipe: Path, env_extra: dict | None = None, timeout: int = 120):
+    """``ja-instruct train RECIPE`` under torchrun with 2 ranks (gloo), through the test-only
+    wrapper kill_at_step.py: the plain CLI unless ``JA_INSTRUCT_TRAIN_FAIL_AT_STEP`` is set in
+    ``env_extra`` (then every rank dies right after that step)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    for name in ("JA_INSTRUCT_TRAIN_FAIL_AT_STEP", "JA_INSTRUCT_TEST_KILL_AT_STEP"):
+        env.pop(name, None)
+    env.update(env_extra or {})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(Path(__file__).with_name("kill_at_step.py")), "train", str(recipe)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)

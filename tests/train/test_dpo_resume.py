@@ -5,31 +5,19 @@ and the resumed run reads the reference log-probabilities its killed attempt cac
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from conftest_train import make_pairs, write_pairs, write_recipe
+from conftest_train import make_pairs, torchrun_train, write_pairs, write_recipe
 from tiny import build_tiny_llama as build_llama
 
-KILL_AT_STEP = Path(__file__).with_name("kill_at_step.py")
 STEP_KEYS = ("loss", "lr", "grad_norm", "rewards/chosen", "rewards/rejected", "rewards/margins",
              "rewards/accuracies", "logps/chosen", "logps/rejected", "pairs", "tokens", "supervised_tokens")
 
 
-def _torchrun(recipe, env_extra=None):
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    for name in ("JA_INSTRUCT_TRAIN_FAIL_AT_STEP", "JA_INSTRUCT_TEST_KILL_AT_STEP"):
-        env.pop(name, None)
-    env.update(env_extra or {})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(KILL_AT_STEP), "train", str(recipe)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
 
 
 def _dpo_recipe(path: Path, model: Path, pairs: Path, out: Path, **train) -> Path:
@@ -64,9 +52,9 @@ def test_sigkill_mid_dpo_resumes_with_identical_losses(tmp_path, tiny_tokenizer)
     ref = _dpo_recipe(tmp_path / "ref.yaml", model, pairs["ref_pairs"], tmp_path / "ref", **train)
     res = _dpo_recipe(tmp_path / "res.yaml", model, pairs["res_pairs"], tmp_path / "res", **train)
 
-    r = _torchrun(ref)
+    r = torchrun_train(ref)
     assert r.returncode == 0, r.stderr[-6000:]
-    r = _torchrun(res, {"JA_INSTRUCT_TRAIN_FAIL_AT_STEP": "7"})
+    r = torchrun_train(res, {"JA_INSTRUCT_TRAIN_FAIL_AT_STEP": "7"})
     assert r.returncode != 0  # killed
     assert "reference log-probabilities of 34 pairs (+6 held out) computed and cached" in r.stderr
     (ckpts,) = (tmp_path / "res" / "train" / "checkpoints").iterdir()
@@ -77,7 +65,7 @@ def test_sigkill_mid_dpo_resumes_with_identical_losses(tmp_path, tiny_tokenizer)
     cached = list((tmp_path / "res_pairs" / "pairs.jsonl.reference").glob("*.json"))
     assert len(cached) == 1
 
-    r = _torchrun(res)
+    r = torchrun_train(res)
     assert r.returncode == 0, r.stderr[-6000:]
     assert "resumed from step_00000006" in r.stderr
     assert f"reference log-probabilities read from {cached[0]}" in r.stderr

@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest_train import read_metrics, write_recipe
+from conftest_train import read_metrics, torchrun_train, write_recipe
 from ja_instruct.errors import UserError
 from ja_instruct.recipe import load_recipe
 from ja_instruct.train import find_trained_model
 from tiny import build_tiny_llama as build_llama
 
-KILL_AT_STEP = Path(__file__).with_name("kill_at_step.py")
 
 
-def _torchrun(recipe, env_extra=None):
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    for name in ("JA_INSTRUCT_TRAIN_FAIL_AT_STEP", "JA_INSTRUCT_TEST_KILL_AT_STEP"):
-        env.pop(name, None)
-    env.update(env_extra or {})
-    # The test-only wrapper is the plain CLI unless JA_INSTRUCT_TRAIN_FAIL_AT_STEP is set.
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(KILL_AT_STEP), "train", str(recipe)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.slow
@@ -41,9 +27,9 @@ def test_sigkill_and_resume_gives_the_same_losses(tmp_path, tiny_tokenizer, toy_
     ref = write_recipe(tmp_path / "ref.yaml", model, toy_dataset_dir, tmp_path / "ref", **train)
     res = write_recipe(tmp_path / "res.yaml", model, toy_dataset_dir, tmp_path / "res", **train)
 
-    r = _torchrun(ref)
+    r = torchrun_train(ref)
     assert r.returncode == 0, r.stderr[-3000:]
-    r = _torchrun(res, {"JA_INSTRUCT_TRAIN_FAIL_AT_STEP": "7"})
+    r = torchrun_train(res, {"JA_INSTRUCT_TRAIN_FAIL_AT_STEP": "7"})
     assert r.returncode != 0  # killed
     (ckpts,) = (tmp_path / "res" / "train" / "checkpoints").iterdir()  # one run
     assert (ckpts / "latest").read_text().strip() == "step_00000006"
@@ -53,7 +39,7 @@ def test_sigkill_and_resume_gives_the_same_losses(tmp_path, tiny_tokenizer, toy_
         find_trained_model(load_recipe(res))
     killed = read_metrics(tmp_path / "res" / "train" / "metrics.jsonl")
     assert max(killed) == 7
-    r = _torchrun(res)
+    r = torchrun_train(res)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from step_00000006" in r.stderr
     assert find_trained_model(load_recipe(res))[0] == tmp_path / "res" / "train" / "final"
