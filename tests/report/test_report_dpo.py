@@ -196,3 +196,27 @@ def test_a_changed_dpo_run_rebuilds_the_report(tmp_path, caplog):
     assert "report: building" in caplog.text and "train:" in caplog.text
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["preference"]["dpo"]["eval_end"]["accuracy"] == 0.6667
+
+
+@pytest.mark.parametrize("sft_recipe,dpo_recipe", [("demo.yaml", "demo-dpo.yaml"),
+                                                   ("plamo-13b-instruct.yaml", "plamo-13b-instruct-dpo.yaml")])
+def test_dpo_recipes_report_every_step(sft_recipe, dpo_recipe):
+    """The DPO recipes as shipped: the pairs come from the model DPO starts from, and the report finds
+    base -> SFT -> DPO from their generate sections (what each train config says it started from)."""
+    from ja_instruct.recipe import load_recipe
+    from ja_instruct.report.lineage import find_lineage
+    from ja_instruct.report.load import ModelInfo, ReportData
+
+    recipes = Path(__file__).resolve().parents[2] / "recipes"
+    sft, dpo = load_recipe(recipes / sft_recipe), load_recipe(recipes / dpo_recipe)
+    assert dpo.train.method == "dpo" and dpo.pairs.model.path == dpo.train.model
+    assert dpo.data == sft.data  # the SFT data's prompts, the same held-out split
+    assert dpo.train.model == str(sft.root / "train" / "final")
+    starts = {dpo.train.model: sft.train.model, "trained": dpo.train.model}  # each train config's `model`
+    infos = {m.id: ModelInfo(id=m.id, spec={"id": m.id, "path": m.path}, train_model=starts.get(m.path),
+                             method="dpo" if m.path == "trained" else "sft" if m.path in starts else None)
+             for m in dpo.generate.models}
+    found = find_lineage(ReportData(runs=[], judgments=[], questions={}, answers={}, models=infos), ReportConfig())
+    assert len(found.chain) == 2 and [found.roles[m] for m in found.chain] == ["base", "sft"]
+    assert [(found.roles[b], found.roles[m]) for b, m in found.pairs] == [("base", "sft"), ("sft", "dpo"),
+                                                                          ("base", "dpo")]
